@@ -1,0 +1,43 @@
+# The two commands of the README. Both create .venv from the pinned requirements on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Records: $ECG_DATA, else ../shared/data beside the project, else a small download into data/.
+ECG_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(abspath data/cpsc2018-subset))
+export ECG_DATA
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test venv apt-test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# System packages the tests need: a virtual X screen for the Kivy app (xvfb), and libmtdev1, whose
+# absence makes Kivy print a harmless but alarming error. Installed only when missing.
+apt-test:
+	@if ! command -v xvfb-run >/dev/null || ! ldconfig -p | grep -q libmtdev.so.1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libmtdev1 >/dev/null; \
+	fi
+
+demo: venv
+	@if [ ! -d "$(ECG_DATA)" ]; then \
+	  echo "No records at $(ECG_DATA): downloading a small CPSC2018 subset from PhysioNet"; \
+	  $(PY) -m cpsc2018.download --source cpsc2018 --limit 300 --dest "$(ECG_DATA)"; \
+	fi
+	$(PY) -m cpsc2018.inspect --data "$(ECG_DATA)" --json "$(DEMO_OUT)/inspect.json" --preprocess
+
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+test: venv apt-test
+	$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,127 @@
+"""Disk cache of preprocessed records: one memory-mapped float16 file per set of records.
+
+The full CPSC2018 (6,877 records, 6-60 s) and PTB-XL (21,799 x 10 s) at 250 Hz take about 1-2 GB as
+float16, far too much to hold in RAM as float64 but cheap to memory-map: only the windows a batch
+touches are paged in. The cache is keyed by the preprocessing config and the records' files (path,
+size, mtime), so a changed config or file builds a new cache instead of serving stale data. It is
+written into a temporary folder and renamed into place, so a killed build leaves nothing half-made.
+Pure numpy (no torch): calibration and benchmarks use it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cpsc2018.catalog import Entry, load
+from cpsc2018.preprocess import PreprocessConfig, preprocess
+from cpsc2018.records import RecordError
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("ECG_CACHE", Path.home() / ".cache" / "ecg-lite"))
+
+
+def _fingerprint(entries: Sequence[Entry], cfg: PreprocessConfig) -> str:
+    h = hashlib.sha256(cfg.to_json().encode())
+    for e in entries:
+        st = os.stat(e.path) if os.path.exists(e.path) else None
+        h.update(f"{e.key}|{e.path}|{e.fs}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()[:20]
+
+
+@dataclass
+class RecordCache:
+    """Preprocessed records, each ``(n_leads, T_i)``, stored back to back in one float16 memmap."""
+
+    folder: Path
+    keys: list[str]
+    offsets: np.ndarray  # start of each record in the flat array
+    lengths: np.ndarray  # T_i in samples at cfg.fs
+    n_leads: int
+    cfg: PreprocessConfig
+    skipped: list[dict]
+    _data: np.memmap | None = None
+
+    @classmethod
+    def build(
+        cls,
+        entries: Sequence[Entry],
+        cfg: PreprocessConfig,
+        cache_dir: Path | str = DEFAULT_CACHE_DIR,
+        *,
+        progress: bool = True,
+    ) -> "RecordCache":
+        """Open the cache for these records and config, building it first if needed."""
+        cache_dir = Path(cache_dir)
+        folder = cache_dir / _fingerprint(entries, cfg)
+        if (folder / "index.json").exists():
+            return cls.open(folder)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+        try:
+            cls._write(tmp, entries, cfg, progress)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process finished the same cache first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls.open(folder)
+
+    @staticmethod
+    def _write(tmp: Path, entries: Sequence[Entry], cfg: PreprocessConfig, progress: bool) -> None:
+        keys: list[str] = []
+        lengths: list[int] = []
+        skipped: list[dict] = []
+        n_leads = None
+        with open(tmp / "signals.f16", "wb") as fh:
+            for e in tqdm(entries, desc="preprocessing", unit="rec", disable=not progress):
+                try:
+                    x = preprocess(load(e).signal, e.fs, cfg)
+                except (RecordError, ValueError) as exc:
+                    skipped.append({"key": e.key, "path": e.path, "reason": str(exc)})
+                    continue
+                if n_leads is None:
+                    n_leads = x.shape[0]
+                if x.shape[0] != n_leads:
+                    skipped.append({"key": e.key, "path": e.path, "reason": f"{x.shape[0]} leads, cache holds {n_leads}"})
+                    continue
+                fh.write(x.astype(np.float16).tobytes())
+                keys.append(e.key)
+                lengths.append(int(x.shape[1]))
+        index = {"keys": keys, "lengths": lengths, "n_leads": n_leads or 0, "cfg": cfg.to_dict(), "skipped": skipped}
+        (tmp / "index.json").write_text(json.dumps(index))
+
+    @classmethod
+    def open(cls, folder: Path | str) -> "RecordCache":
+        folder = Path(folder)
+        index = json.loads((folder / "index.json").read_text())
+        lengths = np.asarray(index["lengths"], dtype=np.int64)
+        n_leads = int(index["n_leads"])
+        offsets = np.concatenate([[0], np.cumsum(lengths * n_leads)[:-1]]).astype(np.int64) if len(lengths) else lengths
+        return cls(folder, list(index["keys"]), offsets, lengths, n_leads, PreprocessConfig.from_dict(index["cfg"]), index["skipped"])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers re-open the memmap themselves instead of pickling its pages.
+        state = self.__dict__.copy()
+        state["_data"] = None
+        return state
+
+    def get(self, i: int) -> np.ndarray:
+        """Record ``i`` as float32 ``(n_leads, T_i)``."""
+        if self._data is None:
+            self._data = np.memmap(self.folder / "signals.f16", dtype=np.float16, mode="r")
+        start, t = int(self.offsets[i]), int(self.lengths[i])
+        return np.asarray(self._data[start : start + self.n_leads * t], dtype=np.float32).reshape(self.n_leads, t)
