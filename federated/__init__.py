@@ -1,0 +1,1 @@
+"""ECG-Lite training: central, local and federated (Flower) training, evaluation, checkpoints."""
