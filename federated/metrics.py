@@ -1,0 +1,151 @@
+"""Scoring: per-class and macro metrics for multi-label outputs, threshold tuning, the CPSC2018 score.
+
+Pure numpy + scikit-learn (no torch, no Flower), so the export gate and ``evaluate`` on ONNX use it too.
+A metric that is undefined on the given data (e.g. AUROC of a class with no positive record) is NaN,
+and :func:`undefined_reasons` says why, instead of a misleading 0.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def _safe_div(a: float, b: float) -> float:
+    return float(a / b) if b > 0 else math.nan
+
+
+def binary_counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[int, int, int, int]:
+    y_true = np.asarray(y_true).astype(bool)
+    y_pred = np.asarray(y_pred).astype(bool)
+    tp = int(np.sum(y_true & y_pred))
+    fp = int(np.sum(~y_true & y_pred))
+    fn = int(np.sum(y_true & ~y_pred))
+    tn = int(np.sum(~y_true & ~y_pred))
+    return tp, fp, fn, tn
+
+
+def class_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
+    """F1, sensitivity, specificity, precision at ``threshold``; AUROC and AUPRC over all thresholds."""
+    y_true = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    tp, fp, fn, tn = binary_counts(y_true, prob >= threshold)
+    n_pos, n_neg = tp + fn, tn + fp
+    out = {
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn) if n_pos > 0 else math.nan,
+        "sensitivity": _safe_div(tp, n_pos),
+        "specificity": _safe_div(tn, n_neg),
+        "precision": _safe_div(tp, tp + fp),
+        "auroc": math.nan,
+        "auprc": math.nan,
+        "positives": n_pos,
+        "negatives": n_neg,
+        "threshold": float(threshold),
+    }
+    if n_pos > 0 and n_neg > 0:
+        out["auroc"] = float(roc_auc_score(y_true, prob))
+        out["auprc"] = float(average_precision_score(y_true, prob))
+    return out
+
+
+def undefined_reasons(per_class: dict[str, dict[str, float]]) -> dict[str, str]:
+    reasons = {}
+    for name, m in per_class.items():
+        if m["positives"] == 0:
+            reasons[name] = "no positive record: F1, sensitivity, AUROC and AUPRC are undefined (NaN)"
+        elif m["negatives"] == 0:
+            reasons[name] = "no negative record: specificity, AUROC and AUPRC are undefined (NaN)"
+    return reasons
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def multilabel_metrics(
+    y_true: np.ndarray, prob: np.ndarray, labels: list[str] | tuple[str, ...], thresholds: list[float] | np.ndarray
+) -> dict:
+    """Per-class and macro metrics plus subset accuracy and Hamming loss.
+
+    Macro values average the classes where the metric is defined (NaN classes are skipped and
+    named under ``undefined``).
+    """
+    y_true = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    if y_true.shape != prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(labels):
+        raise ValueError(f"expected y_true and prob of shape (n, {len(labels)}), got {y_true.shape} and {prob.shape}")
+    thresholds = np.asarray(thresholds, dtype=float)
+    per_class = {name: class_metrics(y_true[:, k], prob[:, k], thresholds[k]) for k, name in enumerate(labels)}
+    pred = prob >= thresholds[None, :]
+    macro = {
+        key: _nanmean([m[key] for m in per_class.values()])
+        for key in ("f1", "sensitivity", "specificity", "precision", "auroc", "auprc")
+    }
+    return {
+        "macro": macro,
+        "per_class": per_class,
+        "subset_accuracy": float(np.mean(np.all(pred == y_true.astype(bool), axis=1))) if len(y_true) else math.nan,
+        "hamming_loss": float(np.mean(pred != y_true.astype(bool))) if len(y_true) else math.nan,
+        "records": int(len(y_true)),
+        "undefined": undefined_reasons(per_class),
+    }
+
+
+def tune_thresholds(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5) -> list[float]:
+    """Per class, the probability threshold that maximises F1 on (validation) data.
+
+    Candidates are the midpoints between sorted distinct scores; a class without positives keeps
+    ``default`` (nothing to tune on). Ties go to the higher threshold (fewer false alarms).
+    """
+    y_true = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    out = []
+    for k in range(prob.shape[1]):
+        y, p = y_true[:, k], prob[:, k]
+        if y.sum() == 0 or y.sum() == len(y):
+            out.append(float(default))
+            continue
+        s = np.unique(p)
+        cands = np.concatenate([(s[:-1] + s[1:]) / 2, [s[0] / 2]]) if len(s) > 1 else np.array([default])
+        best_t, best_f1 = default, -1.0
+        for t in sorted(cands, reverse=True):
+            tp, fp, fn, _ = binary_counts(y, p >= t)
+            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+            if f1 > best_f1 + 1e-12:
+                best_t, best_f1 = float(t), f1
+        out.append(best_t)
+    return out
+
+
+# --- CPSC2018 official score -------------------------------------------------------------------
+# Liu et al. 2018: per class F1 = 2 * N_jj / (sum_i N_ij + sum_k N_jk) over a 9x9 "confusion" where a
+# record with several reference labels counts as correct when the predicted class is among them
+# (it is then booked on the diagonal of the predicted class). Sub-scores: Faf (AF), Fblock (I-AVB,
+# LBBB, RBBB), Fpc (PAC, PVC), Fst (STD, STE), and the overall mean over the nine classes.
+CPSC9_GROUPS = {"Faf": ("AF",), "Fblock": ("I-AVB", "LBBB", "RBBB"), "Fpc": ("PAC", "PVC"), "Fst": ("STD", "STE")}
+
+
+def cpsc2018_score(y_true: np.ndarray, pred_class: np.ndarray, labels: list[str] | tuple[str, ...]) -> dict:
+    """Official CPSC2018 scoring for single-class predictions ``pred_class`` (index into ``labels``)."""
+    y_true = np.asarray(y_true).astype(bool)
+    pred_class = np.asarray(pred_class, dtype=int)
+    n = len(labels)
+    conf = np.zeros((n, n), dtype=int)  # rows: reference class booked, cols: predicted
+    for truth, p in zip(y_true, pred_class):
+        if truth[p]:
+            conf[p, p] += 1
+        else:
+            ref = int(np.argmax(truth)) if truth.any() else p  # first reference label (REFERENCE.csv order)
+            conf[ref, p] += 1
+    f1 = {}
+    for j, name in enumerate(labels):
+        denom = conf[j, :].sum() + conf[:, j].sum()
+        f1[name] = _safe_div(2 * conf[j, j], denom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sub = {g: _nanmean([f1[c] for c in cls if c in f1]) for g, cls in CPSC9_GROUPS.items()}
+    return {"f1_per_class": f1, **sub, "F1": _nanmean(list(f1.values()))}

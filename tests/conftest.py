@@ -1,0 +1,17 @@
+"""Shared fixtures. Tests read the real records in ``../shared/data`` (or ``$ECG_DATA``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cpsc2018.util import default_data_dir
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = default_data_dir()
+    if not (path / "cpsc2018").is_dir():
+        pytest.fail(f"real ECG records not found at {path}: set ECG_DATA or put ../shared/data beside the repo")
+    return path
