@@ -1,0 +1,186 @@
+"""``python -m federated.evaluate --model-file FILE --data DIR [--split test|all] [--json FILE]``.
+
+Scores a ``.pt`` checkpoint (torch) or an ``.onnx`` file (onnxruntime; labels, thresholds and
+preprocessing read from its metadata) on records under DIR: the held-out test records recorded in the
+model (``--split test``) or every readable 12-lead record (``--split all``). Reports per class and
+macro F1, sensitivity, specificity, precision, AUROC, AUPRC, subset accuracy and Hamming loss; for
+``cpsc9`` models also the official CPSC2018 score (top-1 class per record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.preprocess import PreprocessConfig, preprocess, windows
+from cpsc2018.records import RecordError
+from cpsc2018.util import default_data_dir
+from federated.metrics import cpsc2018_score, multilabel_metrics
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # windows (n, 12, L) -> probabilities (n, C)
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    predict: Predictor
+    labels: list[str]
+    label_set: str
+    thresholds: list[float]
+    pre: PreprocessConfig
+    split: dict
+    description: str
+
+
+def load_model(path: Path) -> LoadedModel:
+    if not path.exists():
+        raise EvaluationError(f"{path}: model file not found")
+    if path.suffix == ".onnx":
+        from export.metadata import MetadataError, read_onnx_metadata
+        from export.runtime import OnnxPredictor
+
+        try:
+            meta = read_onnx_metadata(str(path))
+        except MetadataError as exc:
+            raise EvaluationError(str(exc)) from None
+        if meta.features:
+            raise EvaluationError(f"{path}: hybrid models with hand features are not supported by evaluate yet")
+        predictor = OnnxPredictor(str(path))
+        return LoadedModel(
+            predictor.predict_windows, meta.labels, meta.label_set, meta.thresholds,
+            PreprocessConfig.from_dict(meta.preprocess), meta.split, f"ONNX {meta.model_name}",
+        )
+    import torch
+
+    from federated.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(path)
+        model = ckpt.build_model()
+    except CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
+    pre = PreprocessConfig.from_dict(ckpt.preprocess)
+    feature_fn = None
+    if ckpt.features:
+        from cpsc2018.features import window_features
+
+        def feature_fn(w: np.ndarray) -> np.ndarray:
+            return np.stack([window_features(x, pre.fs) for x in w]).astype(np.float32)
+
+    @torch.no_grad()
+    def predict(w: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        logits = model(x, torch.from_numpy(feature_fn(w))) if feature_fn else model(x)
+        return torch.sigmoid(logits).numpy()
+
+    return LoadedModel(predict, ckpt.labels, ckpt.label_set, ckpt.thresholds, pre, ckpt.split, f"checkpoint {ckpt.model_name}")
+
+
+def select_entries(entries: list[Entry], split: str, model: LoadedModel, data: Path) -> list[Entry]:
+    twelve = [e for e in entries if e.n_leads == 12]
+    if split == "all":
+        return twelve
+    wanted = set(model.split.get("test_ids", []))
+    if not wanted:
+        raise EvaluationError("the model records no held-out test split; use --split all")
+    chosen = [e for e in twelve if e.key in wanted]
+    if not chosen:
+        raise EvaluationError(
+            f"none of the model's {len(wanted)} held-out test records is under {data}; "
+            f"it was trained on {model.split.get('data', '?')} (use --split all to score every record here)"
+        )
+    return chosen
+
+
+def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: int = 6, progress: bool = False) -> tuple[np.ndarray, list[Entry], list[dict]]:
+    """Record-level probabilities: max over each record's deterministic windows (as in training)."""
+    probs, kept, skipped = [], [], []
+    for e in tqdm(entries, desc="scoring", unit="rec", disable=not progress):
+        try:
+            x = preprocess(load(e).signal, e.fs, model.pre)
+        except (RecordError, ValueError) as exc:
+            skipped.append({"path": e.path, "reason": str(exc)})
+            continue
+        probs.append(model.predict(windows(x, model.pre, max_windows)).max(axis=0))
+        kept.append(e)
+    return (np.array(probs) if probs else np.zeros((0, len(model.labels)))), kept, skipped
+
+
+def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool = False) -> dict:
+    model = load_model(path)
+    try:
+        catalog = scan(data, progress=progress)
+    except FileNotFoundError as exc:
+        raise EvaluationError(str(exc)) from None
+    entries = select_entries(catalog.entries, split, model, data)
+    if not entries:
+        raise EvaluationError(f"no readable 12-lead record under {data}")
+    probs, kept, skipped = record_probabilities(model, entries, progress=progress)
+    if not kept:
+        raise EvaluationError(f"none of the {len(entries)} records under {data} could be preprocessed")
+    y = np.array([e.targets(model.label_set) for e in kept])
+    result = multilabel_metrics(y, probs, model.labels, model.thresholds)
+    result["model"] = model.description
+    result["split"] = split
+    result["skipped"] = skipped
+    if model.label_set == "cpsc9":
+        result["cpsc2018"] = cpsc2018_score(y, probs.argmax(axis=1), model.labels)
+    return result
+
+
+def _fmt(v: float) -> str:
+    return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:5.3f}"
+
+
+def format_report(r: dict) -> str:
+    keys = ("f1", "sensitivity", "specificity", "precision", "auroc", "auprc")
+    lines = [f"{r['model']} on {r['records']} records ({r['split']} split)", ""]
+    lines.append(f"{'class':<8}" + "".join(f"{k[:11]:>12}" for k in keys) + f"{'n+':>6}")
+    for name, m in r["per_class"].items():
+        lines.append(f"{name:<8}" + "".join(f"{_fmt(m[k]):>12}" for k in keys) + f"{m['positives']:>6}")
+    lines.append(f"{'macro':<8}" + "".join(f"{_fmt(r['macro'][k]):>12}" for k in keys))
+    lines.append(f"\nsubset accuracy {_fmt(r['subset_accuracy'])}, Hamming loss {_fmt(r['hamming_loss'])}")
+    for name, why in r.get("undefined", {}).items():
+        lines.append(f"  {name}: {why}")
+    if "cpsc2018" in r:
+        c = r["cpsc2018"]
+        lines.append(f"CPSC2018 score: F1 {_fmt(c['F1'])}  Faf {_fmt(c['Faf'])}  Fblock {_fmt(c['Fblock'])}  Fpc {_fmt(c['Fpc'])}  Fst {_fmt(c['Fst'])}")
+    for s in r.get("skipped", []):
+        lines.append(f"  skipped {s['path']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m federated.evaluate", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-file", type=Path, required=True, help=".pt checkpoint or .onnx file")
+    p.add_argument("--data", type=Path, default=default_data_dir(), help="data folder (env ECG_DATA)")
+    p.add_argument("--split", choices=("test", "all"), default="test")
+    p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
+    args = p.parse_args(argv)
+    try:
+        result = evaluate_model(args.model_file, args.data, args.split, progress=sys.stderr.isatty())
+    except EvaluationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json:
+        from federated.outputs import write_json
+
+        write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

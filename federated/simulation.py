@@ -1,0 +1,231 @@
+"""Federated mode: Flower's simulation engine runs one ClientApp per client on this machine.
+
+The ServerApp is built here around a Flower strategy (FedAvg, FedProx, FedAdam, FedMedian,
+FedTrimmedAvg or Krum, as Flower 1.41 ships them). After every round it scores the global model on
+the pooled validation records, keeps ``best.pt``, and writes ``last.pt`` (global weights, history,
+strategy state) so that ``--resume`` continues a killed run at the next round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import strategy as fl
+from flwr.simulation import run_simulation
+from torch import nn
+
+from federated.central import SELECT_KEY, check_resume_compatible, finish
+from federated.checkpoint import load_checkpoint
+from federated.config import TrainConfig
+from federated.data import Experiment, eval_loader
+from federated.engine import evaluate as score, predict_records, resolve_device
+from federated.flower_apps import app as client_app, load_arrays, nan_aware_average, to_arrays
+from federated.metrics import tune_thresholds
+from federated.outputs import make_checkpoint, model_kwargs, save
+from federated.partition import partition, partition_by_site
+from federated.plan import ClientPlan, write_plan
+
+log = logging.getLogger("federated")
+
+# Server-side optimiser state of FedOpt strategies (FedAdam): saved in last.pt so resume is exact.
+STRATEGY_STATE = ("m_t", "v_t")
+
+
+def build_strategy(name: str, n: int, mu: float, evaluate_aggr, train_aggr) -> fl.Strategy:
+    common = dict(
+        min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n,
+        evaluate_metrics_aggr_fn=evaluate_aggr, train_metrics_aggr_fn=train_aggr,
+    )
+    if name == "fedavg":
+        return fl.FedAvg(**common)
+    if name == "fedprox":
+        return fl.FedProx(proximal_mu=mu, **common)
+    if name == "fedadam":
+        # Server learning rate 1e-2 (Reddi et al., ICLR 2021 found 1e-2..1e-1 best for Adam on the server).
+        return fl.FedAdam(eta=1e-2, eta_l=1e-3, **common)
+    if name == "fedmedian":
+        return fl.FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return fl.FedTrimmedAvg(beta=0.2, **common)
+    if name == "krum":
+        return fl.Krum(num_malicious_nodes=0, **common)
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def site_clients(cfg: TrainConfig, exp: Experiment) -> tuple[dict[str, set[str]], list[str]]:
+    """Client name -> its sites. Decided on each site's whole record count (a hospital with 24
+    records is a client, even if only 17 of them end up in the training split)."""
+    clients, notes = partition_by_site(exp.entries, cfg.clients)
+    return {name: {e.site for e in members} for name, members in clients.items()}, notes
+
+
+def client_plans(cfg: TrainConfig, exp: Experiment) -> tuple[list[ClientPlan], list[str]]:
+    if cfg.partition == "site":
+        # A hospital trains on its own training records and validates on its own patients.
+        sites, notes = site_clients(cfg, exp)
+        plans = [
+            ClientPlan(
+                name,
+                [i for i in exp.split["train"] if exp.entries[i].site in members],
+                [i for i in exp.split["val"] if exp.entries[i].site in members],
+            )
+            for name, members in sites.items()
+        ]
+        return plans, notes
+    train = [exp.entries[i] for i in exp.split["train"]]
+    val = [exp.entries[i] for i in exp.split["val"]]
+    pos = {e.key: i for i, e in enumerate(exp.entries)}
+    clients, notes = partition(train, cfg.partition, n_clients=cfg.clients, alpha=cfg.alpha, seed=cfg.seed, label_set=cfg.labels)
+    vclients, _ = partition(val, cfg.partition, n_clients=cfg.clients, alpha=cfg.alpha, seed=cfg.seed + 1, label_set=cfg.labels)
+    plans = [
+        ClientPlan(name, [pos[e.key] for e in members], [pos[e.key] for e in vclients.get(name, [])])
+        for name, members in clients.items()
+    ]
+    return plans, notes
+
+
+def run_federated(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
+    if cfg.features:
+        raise ValueError("--features (hybrid head) is supported in central and local modes only")
+    plans, notes = client_plans(cfg, exp)
+    for n in notes:
+        log.info(n)
+    if len(plans) < 2:
+        raise ValueError(f"federated training needs at least 2 clients; the partition gave {len(plans)}")
+    for p in plans:
+        log.info("client %-28s train %4d  val %4d records", p.name, len(p.train), len(p.val))
+    plan_path = write_plan(out / "federation", exp.cache, exp.targets, plans)
+    history: list[dict] = []
+    server_app = make_server_app(cfg, exp, out, plans, plan_path, history)
+    device = resolve_device(cfg.device)
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.5 if device.type == "cuda" else 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": "error"},
+    }
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(plans), backend_config=backend)
+    if not (out / "best.pt").exists():
+        raise RuntimeError("the federated run produced no model (see the Flower log above)")
+    last = load_checkpoint(out / "last.pt")
+    metrics = finish(cfg, exp, out, last.progress["history"], exp.split["test"], None, x_key="round")
+    metrics["clients"] = last.progress.get("clients", {})
+    metrics["partition"] = {"scheme": cfg.partition, "notes": notes, "clients": {p.name: {"train": len(p.train), "val": len(p.val)} for p in plans}}
+    from federated.outputs import write_json
+
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def make_server_app(
+    cfg: TrainConfig, exp: Experiment, out: Path, plans: list[ClientPlan], plan_path: Path, history: list[dict]
+) -> ServerApp:
+    server = ServerApp()
+    labels = list(exp.labels)
+    kwargs = model_kwargs(cfg, exp, 0)
+    device = resolve_device(cfg.device)
+    val_idx = exp.split["val"]
+    val_loader = eval_loader(exp, val_idx, cfg)
+    val_targets = exp.targets[val_idx]
+    no_positive = {
+        p.name: [lab for k, lab in enumerate(labels) if exp.targets[p.val, k].sum() == 0] if p.val else labels
+        for p in plans
+    }
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        from resnet1d import create_model
+
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, **kwargs)
+        state = {"offset": 0, "best": {"score": -math.inf, "round": 0}, "clients": {}, "train_loss": math.nan}
+        last_path = out / "last.pt"
+        strategy_box: dict = {}
+
+        def on_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
+            per_client = {}
+            for rd in records:
+                for mr in rd.metric_records.values():
+                    pid = int(mr.get("client-id", -1))
+                    name = plans[pid].name if 0 <= pid < len(plans) else str(pid)
+                    per_client[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in mr.items()}
+                    if no_positive.get(name):
+                        per_client[name]["undefined"] = (
+                            f"no positive validation record for {', '.join(no_positive[name])}: their F1/AUROC are NaN"
+                        )
+            state["clients"] = per_client
+            return nan_aware_average(records, weight_key)
+
+        def on_train(records: list[RecordDict], weight_key: str) -> MetricRecord:
+            agg = nan_aware_average(records, weight_key)
+            state["train_loss"] = float(agg.get("train_loss", math.nan))
+            return agg
+
+        def server_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            rnd = state["offset"] + server_round
+            if server_round == 0:
+                return None  # the untrained model: nothing to select or save
+            load_arrays(model, arrays)
+            model.to(device)
+            probs, val_loss = predict_records(model, val_loader, len(val_idx), device, loss_fn=nn.BCEWithLogitsLoss())
+            thresholds = tune_thresholds(val_targets, probs)
+            m = score(probs, val_targets, labels, thresholds)
+            row = {
+                "round": rnd, "train_loss": state["train_loss"], "val_loss": val_loss,
+                "val_macro_f1": m["macro"]["f1"], "val_macro_auroc": m["macro"]["auroc"],
+            }
+            history.append(row)
+            log.info("round %d: val loss %.4f, val macro F1 %.3f, AUROC %.3f", rnd, val_loss, row["val_macro_f1"], row["val_macro_auroc"])
+            s = m["macro"]["auroc"]
+            s = -math.inf if s is None or math.isnan(s) else s
+            if s > state["best"]["score"]:
+                state["best"] = {"score": s, "round": rnd}
+                save(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"round": rnd}, []))
+            strat = strategy_box["s"]
+            progress = {
+                "round": rnd, "history": list(history), "best": state["best"], "clients": state["clients"],
+                "strategy_state": {k: getattr(strat, k) for k in STRATEGY_STATE if getattr(strat, k, None) is not None},
+                "selected_by": SELECT_KEY,
+            }
+            save(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, progress, []))
+            return MetricRecord({"val_loss": float(val_loss), "val_macro_auroc": float(s if math.isfinite(s) else 0.0)})
+
+        strategy = build_strategy(cfg.strategy, len(plans), cfg.proximal_mu, on_evaluate, on_train)
+        strategy_box["s"] = strategy
+        if cfg.resume and last_path.exists():
+            ckpt = load_checkpoint(last_path)
+            check_resume_compatible(ckpt.config, cfg, last_path)
+            model.load_state_dict(ckpt.state_dict)
+            p = ckpt.progress
+            state.update(offset=int(p["round"]), best=p["best"], clients=p.get("clients", {}))
+            history[:] = p["history"]
+            for k, v in p.get("strategy_state", {}).items():
+                setattr(strategy, k, v)
+            log.info("resuming the federated run after round %d of %d", p["round"], cfg.rounds)
+        remaining = cfg.rounds - state["offset"]
+        if remaining <= 0:
+            log.info("all %d rounds already done", cfg.rounds)
+            return
+        common = {
+            "plan": str(plan_path), "model": cfg.model, "model-kwargs": json.dumps(kwargs), "seed": cfg.seed,
+            "round-offset": state["offset"], "device": str(device), "labels": json.dumps(labels),
+            # One torch thread per client: the simulation runs one client per core.
+            "threads": 1,
+        }
+        train_config = ConfigRecord({
+            **common, "lr": cfg.lr, "weight-decay": cfg.weight_decay, "batch-size": cfg.batch_size,
+            "local-epochs": cfg.local_epochs, "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+            "pos-weight-cap": cfg.pos_weight_cap, "augment": cfg.augment,
+        })
+        strategy.start(
+            grid=grid, initial_arrays=to_arrays(model), num_rounds=remaining,
+            train_config=train_config, evaluate_config=ConfigRecord(common), evaluate_fn=server_eval,
+        )
+
+    return server
