@@ -1,0 +1,132 @@
+"""``python -m export --checkpoint runs/X/best.pt --calibration-data DIR --out DIR``
+
+Writes ``model.onnx`` (fp32, parity-checked), ``model.int8.onnx`` (static QDQ int8, calibrated on the
+checkpoint's training records, gated against fp32 on its held-out records), ``report.json`` and
+``report.md``. Everything is built in a temporary folder and moved into ``--out`` only when the whole
+export succeeded: a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cpsc2018.util import default_data_dir
+from export.gate import gather, judge, record_probs
+from export.metadata import ModelMeta
+from export.onnx_export import ExportError, export_fp32, meta_from_checkpoint, parity, write_metadata
+from export.quantize import METHODS, WindowReader, quantize, recipes
+from export.report import latency, machine, markdown
+from export.runtime import OnnxPredictor
+from federated.checkpoint import CheckpointError, load_checkpoint
+
+OUTPUTS = ("model.onnx", "model.int8.onnx", "report.json", "report.md")
+
+
+def run_export(
+    checkpoint: Path, data: Path, out: Path, *, opset: int = 17, method: str = "minmax", max_f1_drop: float | None = None,
+    min_agreement: float = 0.97, max_auroc_drop: float = 0.01, calibration_records: int = 100, repeats: int = 50,
+    log=print,
+) -> dict:
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        ckpt.build_model()
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        window = int(round(ckpt.preprocess["fs"] * ckpt.preprocess["window_s"]))
+        fp32, int8 = tmp / "model.onnx", tmp / "model.int8.onnx"
+        log(f"[1/4] exporting {ckpt.model_name} to ONNX (opset {opset})")
+        wrapped = export_fp32(ckpt, fp32, window, opset)
+        data_ = gather(ckpt, data, calibration_records)
+        log(f"      {data_.note}; {len(data_.calibration)} calibration windows")
+        probe = data_.calibration[: min(64, len(data_.calibration))]
+        diff = parity(wrapped, fp32, probe)
+        log(f"      parity torch vs ONNX on {len(probe)} real windows: max |diff| {diff:.2e}")
+        p32 = record_probs(OnnxPredictor(str(fp32)), data_.held_out)
+        y = data_.held_out.targets
+        features = OnnxPredictor(str(fp32)).features(data_.calibration)
+        attempts, chosen, gate = [], None, None
+        options = recipes(fp32, method)
+        log(f"[2/4] int8 static quantization (QDQ), up to {len(options)} recipes")
+        for i, recipe in enumerate(options, 1):
+            quantize(fp32, int8, WindowReader(data_.calibration, features), recipe)
+            p8 = record_probs(OnnxPredictor(str(int8)), data_.held_out)
+            g = judge(p32, p8, y, list(ckpt.labels), list(ckpt.thresholds), min_agreement, max_auroc_drop, max_f1_drop)
+            attempts.append({"note": recipe.note, "passed": g.passed, "reasons": g.reasons, **g.to_dict()})
+            log(f"[3/4] {recipe.note}: agreement {g.agreement:.3f}, AUROC drop {g.auroc_drop:+.4f}, F1 drop {g.f1_drop:+.4f} -> {'pass' if g.passed else 'fail'}")
+            if g.passed:
+                chosen, gate = (i, recipe), g
+                break
+        if chosen is None:
+            raise ExportError(
+                "no int8 model passed the accuracy gate: " + " | ".join(f"{a['note']}: {'; '.join(a['reasons'])}" for a in attempts)
+            )
+        attempt, recipe = chosen
+        write_metadata(int8, meta_from_checkpoint(ckpt, {"format": "QDQ", "weights": "int8", "activations": "uint8", **recipe.to_dict(), "calibration_windows": len(data_.calibration)}))
+        log("[4/4] latency")
+        lat = latency(fp32, int8, wrapped, data_.calibration[0], repeats)
+        report = {
+            "model_name": ckpt.model_name,
+            "checkpoint": str(checkpoint),
+            "sizes_mb": {"fp32": fp32.stat().st_size / 1e6, "int8": int8.stat().st_size / 1e6},
+            "parity": {"max_abs_diff": diff, "windows": len(probe)},
+            "quantization": {**recipe.to_dict(), "note": recipe.note, "attempt": attempt, "attempts_available": len(options)},
+            "attempts": attempts,
+            "gate": gate.to_dict(),
+            "held_out_note": data_.note,
+            "held_out_records": len(y),
+            "latency_ms": lat,
+            "speedups": {
+                "int8_vs_ort_fp32": lat["ort_fp32 1 thread"] / lat["ort_int8 1 thread"],
+                "int8_vs_torch": lat["torch 1 thread"] / lat["ort_int8 1 thread"],
+            },
+            "machine": machine(),
+        }
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown(report))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            os.replace(tmp / name, out / name)
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of a training run")
+    p.add_argument("--calibration-data", type=Path, default=default_data_dir(), help="data folder with the checkpoint's records")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.onnx, model.int8.onnx, report.*")
+    p.add_argument("--max-f1-drop", type=float, default=None, help="also gate on the macro F1 drop (off: reported only)")
+    p.add_argument("--min-agreement", type=float, default=0.97, help="int8/fp32 decision agreement required")
+    p.add_argument("--max-auroc-drop", type=float, default=0.01)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--calibration-method", choices=sorted(METHODS), default="minmax")
+    p.add_argument("--calibration-records", type=int, default=100, help="training records used for calibration (2 windows each)")
+    p.add_argument("--repeats", type=int, default=50, help="latency repeats")
+    args = p.parse_args(argv)
+    try:
+        report = run_export(
+            args.checkpoint, args.calibration_data, args.out, opset=args.opset, method=args.calibration_method,
+            max_f1_drop=args.max_f1_drop, min_agreement=args.min_agreement, max_auroc_drop=args.max_auroc_drop,
+            calibration_records=args.calibration_records, repeats=args.repeats,
+        )
+    except (CheckpointError, ExportError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

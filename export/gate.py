@@ -1,0 +1,118 @@
+"""Step 3 of the export: does int8 decide like fp32 on held-out records?
+
+The held-out split is small (a few positives per class), so one record moves macro F1 by more than
+0.01. The gate (DECISIONS.md) therefore uses what small samples measure well: the agreement of the
+per-class decisions of int8 and fp32 (>= 97 %) and the drop of macro AUROC (<= 0.01); the F1 drop is
+reported beside them, and gated only when ``--max-f1-drop`` is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.preprocess import PreprocessConfig, preprocess, windows
+from cpsc2018.records import RecordError
+from cpsc2018.splits import split_by_patient
+from export.runtime import OnnxPredictor
+from federated.checkpoint import Checkpoint
+from federated.metrics import multilabel_metrics
+
+
+@dataclass
+class RecordSet:
+    keys: list[str]
+    windows: list[np.ndarray]  # per record: (n_windows, 12, L)
+    targets: np.ndarray
+
+
+@dataclass
+class EvalData:
+    held_out: RecordSet
+    calibration: np.ndarray  # (n, 12, L) windows of training records
+    note: str
+
+
+def _load(entries: list[Entry], pre: PreprocessConfig, label_set: str, max_windows: int, desc: str) -> RecordSet:
+    keys, wins, ys = [], [], []
+    for e in tqdm(entries, desc=desc, unit="rec", leave=False):
+        try:
+            x = preprocess(load(e).signal, e.fs, pre)
+        except (RecordError, ValueError):
+            continue
+        keys.append(e.key)
+        wins.append(windows(x, pre, max_windows))
+        ys.append(e.targets(label_set))
+    return RecordSet(keys, wins, np.array(ys).reshape(len(ys), -1))
+
+
+def gather(ckpt: Checkpoint, data_dir, calibration_records: int = 100, seed: int = 0) -> EvalData:
+    """Held-out records (the checkpoint's test split) and calibration windows (its training split)."""
+    pre = PreprocessConfig.from_dict(ckpt.preprocess)
+    entries = [e for e in scan(data_dir, progress=False).entries if e.n_leads == 12]
+    if not entries:
+        raise ValueError(f"no readable 12-lead record under {data_dir} for calibration")
+    test_ids = set(ckpt.split.get("test_ids", []))
+    val_ids = set(ckpt.split.get("val_ids", []))
+    test = [e for e in entries if e.key in test_ids]
+    note = f"held-out records: the checkpoint's test split ({len(test)} of {len(test_ids)} found under {data_dir})"
+    if not test:
+        parts = split_by_patient(entries, seed=int(ckpt.split.get("seed", 0)), label_set=ckpt.label_set)
+        test = parts["test"]
+        test_ids = {e.key for e in test}
+        note = (
+            f"none of the checkpoint's test records is under {data_dir}: held-out records are a fresh patient "
+            f"split of that folder (seed {ckpt.split.get('seed', 0)}, {len(test)} records)"
+        )
+    train = [e for e in entries if e.key not in test_ids and e.key not in val_ids]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(train), size=min(calibration_records, len(train)), replace=False)) if train else []
+    calib = _load([train[i] for i in pick], pre, ckpt.label_set, 2, "calibration records")
+    if not calib.windows:
+        raise ValueError(f"no usable calibration record under {data_dir}")
+    held = _load(test, pre, ckpt.label_set, 6, "held-out records")
+    return EvalData(held, np.concatenate(calib.windows), note)
+
+
+def record_probs(predictor: OnnxPredictor, records: RecordSet) -> np.ndarray:
+    return np.stack([predictor.predict_windows(w).max(axis=0) for w in records.windows])
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    agreement: float
+    auroc_fp32: float
+    auroc_int8: float
+    auroc_drop: float
+    f1_fp32: float
+    f1_int8: float
+    f1_drop: float
+    reasons: list[str]
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
+
+
+def judge(
+    p32: np.ndarray, p8: np.ndarray, y: np.ndarray, labels: list[str], thresholds: list[float],
+    min_agreement: float, max_auroc_drop: float, max_f1_drop: float | None,
+) -> GateResult:
+    t = np.asarray(thresholds)[None, :]
+    agreement = float(np.mean((p32 >= t) == (p8 >= t)))
+    m32 = multilabel_metrics(y, p32, labels, thresholds)["macro"]
+    m8 = multilabel_metrics(y, p8, labels, thresholds)["macro"]
+    auroc_drop = m32["auroc"] - m8["auroc"]
+    f1_drop = m32["f1"] - m8["f1"]
+    reasons = []
+    if agreement < min_agreement:
+        reasons.append(f"decision agreement {agreement:.3f} < {min_agreement}")
+    if auroc_drop > max_auroc_drop:
+        reasons.append(f"macro AUROC drop {auroc_drop:.4f} > {max_auroc_drop}")
+    if max_f1_drop is not None and f1_drop > max_f1_drop:
+        reasons.append(f"macro F1 drop {f1_drop:.4f} > {max_f1_drop}")
+    return GateResult(not reasons, agreement, m32["auroc"], m8["auroc"], auroc_drop, m32["f1"], m8["f1"], f1_drop, reasons)

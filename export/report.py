@@ -1,0 +1,91 @@
+"""Step 4 of the export: sizes, parity, fp32 vs int8 metrics and latency, as JSON and Markdown."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.metadata import INPUT_NAME
+from export.runtime import make_session
+
+
+def _median_ms(fn, repeats: int) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def latency(fp32: Path, int8: Path, wrapped: nn.Module, window: np.ndarray, repeats: int = 50) -> dict[str, float]:
+    """Batch 1, median of ``repeats`` after warm-up: ORT fp32, ORT int8, torch eager; 1 thread and all."""
+    x = np.ascontiguousarray(window[None], dtype=np.float32)
+    out: dict[str, float] = {}
+    all_threads = os.cpu_count() or 1
+    for threads, tag in ((1, "1 thread"), (all_threads, f"{all_threads} threads")):
+        for name, path in (("ort_fp32", fp32), ("ort_int8", int8)):
+            sess = make_session(str(path), threads)
+            out[f"{name} {tag}"] = _median_ms(lambda: sess.run(None, {INPUT_NAME: x}), repeats)
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            out[f"torch {tag}"] = _median_ms(lambda: wrapped(xt), repeats)
+        torch.set_num_threads(prev)
+    return out
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
+        "onnxruntime": ort.__version__, "torch": torch.__version__,
+    }
+
+
+def markdown(r: dict) -> str:
+    g = r["gate"]
+    lat = r["latency_ms"]
+    lines = [
+        f"# Export report: {r['model_name']}",
+        "",
+        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores; onnxruntime {r['machine']['onnxruntime']}, torch {r['machine']['torch']}",
+        "",
+        f"- fp32 `model.onnx`: {r['sizes_mb']['fp32']:.3f} MB; int8 `model.int8.onnx`: {r['sizes_mb']['int8']:.3f} MB",
+        f"- parity torch vs ONNX fp32 on {r['parity']['windows']} real windows: max |diff| {r['parity']['max_abs_diff']:.2e}",
+        f"- quantization: {r['quantization']['note']} (attempt {r['quantization']['attempt']} of {r['quantization']['attempts_available']})",
+        f"- {r['held_out_note']}",
+        "",
+        "| | fp32 | int8 | change |",
+        "|---|---|---|---|",
+        f"| macro AUROC | {g['auroc_fp32']:.4f} | {g['auroc_int8']:.4f} | {-g['auroc_drop']:+.4f} |",
+        f"| macro F1 | {g['f1_fp32']:.4f} | {g['f1_int8']:.4f} | {-g['f1_drop']:+.4f} |",
+        f"| decision agreement | | | {g['agreement'] * 100:.2f} % |",
+        "",
+        f"Gate: {'passed' if g['passed'] else 'FAILED: ' + '; '.join(g['reasons'])}",
+        "",
+        "| latency, batch 1, median (ms) | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.3f} |" for k, v in lat.items()]
+    s = r["speedups"]
+    lines += ["", f"Speed-up at 1 thread: int8 vs ORT fp32 {s['int8_vs_ort_fp32']:.2f}x, int8 vs torch eager {s['int8_vs_torch']:.2f}x", ""]
+    if r.get("attempts"):
+        lines += ["Quantization attempts:", ""]
+        lines += [f"- {a['note']}: {'passed' if a['passed'] else 'failed (' + '; '.join(a['reasons']) + ')'}" for a in r["attempts"]]
+    return "\n".join(lines) + "\n"
