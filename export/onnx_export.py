@@ -81,7 +81,7 @@ def export_fp32(ckpt: Checkpoint, path: Path, window: int, opset: int = 17) -> n
         example += (torch.randn(2, len(ckpt.features)),)
         names.append(FEATURES_INPUT_NAME)
         axes[FEATURES_INPUT_NAME] = {0: "batch"}
-    try:
+    def _export(axes: dict) -> None:
         # The legacy (TorchScript) exporter: seconds instead of minutes for the GRU model, and exact
         # dynamic axes for every model of the zoo (PLATFORM.md).
         torch.onnx.export(
@@ -89,8 +89,17 @@ def export_fp32(ckpt: Checkpoint, path: Path, window: int, opset: int = 17) -> n
             dynamic_axes=axes, opset_version=opset,
         )
         onnx.checker.check_model(onnx.load(str(path)))
-    except Exception as exc:
-        raise ExportError(f"ONNX export of {ckpt.model_name} failed: {type(exc).__name__}: {exc}") from None
+
+    try:
+        _export(axes)
+    except Exception:
+        # Some graphs (AlexNet's fixed-size adaptive pooling) cannot take a dynamic length: keep the
+        # length fixed to the window, which is all the app and the evaluation feed anyway.
+        axes[INPUT_NAME] = {0: "batch"}
+        try:
+            _export(axes)
+        except Exception as exc:
+            raise ExportError(f"ONNX export of {ckpt.model_name} failed: {type(exc).__name__}: {exc}") from None
     write_metadata(path, meta_from_checkpoint(ckpt))
     return wrapped
 

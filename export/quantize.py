@@ -27,9 +27,12 @@ class WindowReader(CalibrationDataReader):
     """Feeds calibration windows (and hand features for hybrid models) one small batch at a time."""
 
     def __init__(self, windows: np.ndarray, features: np.ndarray | None = None, batch: int = 8) -> None:
-        self.windows = np.ascontiguousarray(windows, dtype=np.float32)
-        self.features = features
-        self.batch = batch
+        # Full batches only: onnxruntime's histogram calibrators (entropy, percentile) stack the
+        # outputs of all batches and fail on a shorter last one.
+        self.batch = max(1, min(batch, len(windows)))
+        n = len(windows) - len(windows) % self.batch
+        self.windows = np.ascontiguousarray(windows[:n], dtype=np.float32)
+        self.features = None if features is None else features[:n]
         self.pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:

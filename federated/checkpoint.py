@@ -61,7 +61,10 @@ class Checkpoint:
         """The network with its weights, in eval mode."""
         from resnet1d import create_model
 
-        model = create_model(self.model_name, **self.model_kwargs)
+        try:
+            model = create_model(self.model_name, **self.model_kwargs)
+        except ValueError as exc:
+            raise CheckpointError(f"cannot build model {self.model_name!r} from the checkpoint: {exc}") from None
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:

@@ -2,7 +2,9 @@
 
 Adapted for ECG: kernels and strides over time (11/4 first, as in the original), channel counts cut to
 ~1/3 (ECG has 12 input channels and 6 classes, not 3 and 1000), a norm after each convolution (the
-original's local response normalisation is obsolete), and adaptive pooling so any length works.
+original's local response normalisation is obsolete), and global average + max pooling in place of the
+6-cell adaptive pooling, so any length works and the graph exports to ONNX with a dynamic length (the
+ONNX exporter cannot express adaptive pooling whose output does not divide the input).
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ class AlexNet1d(nn.Module):
             ConvNormAct(4 * w, 4 * w, 3, 1, norm),
             ConvNormAct(4 * w, 2 * w, 3, 1, norm), nn.MaxPool1d(3, 2),
         )
-        self.pool = nn.AdaptiveAvgPool1d(6)
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(2 * w * 6, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(2 * w * 2, hidden), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_leads)
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        h = self.features(x)
+        return self.classifier(torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1))
 
 
 @register_model
