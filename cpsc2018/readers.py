@@ -120,6 +120,8 @@ def _rdrecord(hea: Path) -> wfdb.Record:
                 raise RecordError(hea, f"signal file {f} is missing")
             if sig_file.stat().st_size == 0:
                 raise RecordError(sig_file, "signal file is empty")
+        # Before decoding: wfdb reads a truncated file short or fails with a reshape error.
+        _check_signal_file_size(hea, header)
         try:
             rec = wfdb.rdrecord(record_path)
         except Exception as exc:
@@ -135,7 +137,6 @@ def read_wfdb(hea: Path | str, *, site: str | None = None, patient_id: str | Non
     if hea.suffix != ".hea":
         hea = hea.with_suffix(".hea")
     rec = _rdrecord(hea)
-    _check_signal_file_size(hea, rec)
     signal = to_standard_order(_physical_mv(rec, hea), rec.sig_name or [], hea)
     meta = _comments(rec.comments or [])
     dx = [c for c in meta.get("dx", "").replace(";", ",").split(",") if c.strip()]
@@ -156,7 +157,7 @@ def read_wfdb(hea: Path | str, *, site: str | None = None, patient_id: str | Non
     )
 
 
-def _check_signal_file_size(hea: Path, rec: wfdb.Record) -> None:
+def _check_signal_file_size(hea: Path, rec: wfdb.Record) -> None:  # a header is enough
     """A truncated signal file: wfdb may pad or read short without complaint; the size tells."""
     fmt_bits = {"16": 16, "212": 12, "80": 8, "24": 24, "32": 32, "61": 16, "160": 16}
     files = rec.file_name or []
@@ -253,7 +254,6 @@ def read_ptbxl(root: Path | str, ecg_id: int, *, rate: int = 500) -> Record:
     rel = row["filename_hr" if rate == 500 else "filename_lr"]
     hea = root / f"{rel}.hea"
     rec = _rdrecord(hea)
-    _check_signal_file_size(hea, rec)
     signal = to_standard_order(_physical_mv(rec, hea), rec.sig_name or [], hea)
     codes = tuple(sorted(parse_scp_codes(row["scp_codes"], root / "ptbxl_database.csv")))
     pid = row.get("patient_id", "")
@@ -300,7 +300,6 @@ def read_mitbih(hea: Path | str) -> Record:
     """Read an MIT-BIH record: its own 2 leads at 360 Hz, and the reference beats from ``.atr``."""
     hea = Path(hea)
     rec = _rdrecord(hea)
-    _check_signal_file_size(hea, rec)
     signal = _physical_mv(rec, hea)
     atr = hea.with_suffix(".atr")
     beats = None
