@@ -74,7 +74,7 @@ def run_export(
         attempt, recipe = chosen
         write_metadata(int8, meta_from_checkpoint(ckpt, {"format": "QDQ", "weights": "int8", "activations": "uint8", **recipe.to_dict(), "calibration_windows": len(data_.calibration)}))
         log("[4/4] latency")
-        lat = latency(fp32, int8, wrapped, data_.calibration[0], repeats)
+        lat = latency(fp32, int8, wrapped, data_.calibration[0], repeats, features)
         report = {
             "model_name": ckpt.model_name,
             "checkpoint": str(checkpoint),

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.metadata import INPUT_NAME
+from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME
 from export.runtime import make_session
 
 
@@ -28,20 +28,27 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def latency(fp32: Path, int8: Path, wrapped: nn.Module, window: np.ndarray, repeats: int = 50) -> dict[str, float]:
-    """Batch 1, median of ``repeats`` after warm-up: ORT fp32, ORT int8, torch eager; 1 thread and all."""
+def latency(
+    fp32: Path, int8: Path, wrapped: nn.Module, window: np.ndarray, repeats: int = 50, features: np.ndarray | None = None
+) -> dict[str, float]:
+    """Batch 1, median of ``repeats`` after warm-up: ORT fp32, ORT int8, torch eager; 1 thread and all.
+    Hybrid models also get their (precomputed) hand features; computing them is not timed here."""
     x = np.ascontiguousarray(window[None], dtype=np.float32)
+    feed = {INPUT_NAME: x}
+    torch_in = [torch.from_numpy(x)]
+    if features is not None:
+        feed[FEATURES_INPUT_NAME] = np.ascontiguousarray(features[:1], dtype=np.float32)
+        torch_in.append(torch.from_numpy(feed[FEATURES_INPUT_NAME]))
     out: dict[str, float] = {}
     all_threads = os.cpu_count() or 1
     for threads, tag in ((1, "1 thread"), (all_threads, f"{all_threads} threads")):
         for name, path in (("ort_fp32", fp32), ("ort_int8", int8)):
             sess = make_session(str(path), threads)
-            out[f"{name} {tag}"] = _median_ms(lambda: sess.run(None, {INPUT_NAME: x}), repeats)
+            out[f"{name} {tag}"] = _median_ms(lambda: sess.run(None, feed), repeats)
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
-        xt = torch.from_numpy(x)
         with torch.inference_mode():
-            out[f"torch {tag}"] = _median_ms(lambda: wrapped(xt), repeats)
+            out[f"torch {tag}"] = _median_ms(lambda: wrapped(*torch_in), repeats)
         torch.set_num_threads(prev)
     return out
 

@@ -55,8 +55,6 @@ def load_model(path: Path) -> LoadedModel:
             meta = read_onnx_metadata(str(path))
         except MetadataError as exc:
             raise EvaluationError(str(exc)) from None
-        if meta.features:
-            raise EvaluationError(f"{path}: hybrid models with hand features are not supported by evaluate yet")
         predictor = OnnxPredictor(str(path))
         return LoadedModel(
             predictor.predict_windows, meta.labels, meta.label_set, meta.thresholds,
