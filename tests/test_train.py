@@ -124,3 +124,13 @@ def test_resume_after_kill_matches_uninterrupted(data_dir, cache_dir, tmp_path):
         va = [float(x) for x in ra.split(",")]
         vb = [float(x) for x in rb.split(",")]
         assert va == pytest.approx(vb, rel=1e-4, abs=1e-5)
+
+
+def test_hybrid_with_hand_features(data_dir, cache_dir, tmp_path):
+    out = tmp_path / "hybrid"
+    assert train_main(_args(data_dir, out, cache_dir, "--epochs", "1", "--features")) == 0
+    ckpt = load_checkpoint(out / "best.pt")
+    from cpsc2018.features import FEATURE_NAMES
+
+    assert ckpt.features == list(FEATURE_NAMES) and ckpt.model_kwargs["num_features"] == len(FEATURE_NAMES)
+    assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(data_dir)]) == 0
