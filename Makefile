@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 ECG_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(abspath data/cpsc2018-subset))
 export ECG_DATA
 DEMO_OUT ?= runs/demo
+DEMO_ROUNDS ?= 5
+# One client per site on the shared multi-hospital records; a downloaded single-site subset is split IID.
+DEMO_FED_FLAGS ?= $(if $(wildcard ../shared/data),--partition site,--partition iid --clients 3)
 
 .PHONY: demo test venv apt-test clean model
 
@@ -32,7 +35,14 @@ demo: venv
 	  echo "No records at $(ECG_DATA): downloading a small CPSC2018 subset from PhysioNet"; \
 	  $(PY) -m cpsc2018.download --source cpsc2018 --limit 300 --dest "$(ECG_DATA)"; \
 	fi
+	@echo "== 1/4 what is in $(ECG_DATA)"
 	$(PY) -m cpsc2018.inspect --data "$(ECG_DATA)" --json "$(DEMO_OUT)/inspect.json" --preprocess
+	@echo "== 2/4 federated training (Flower simulation): one client per hospital site"
+	$(PY) -m federated.train --mode federated $(DEMO_FED_FLAGS) --rounds $(DEMO_ROUNDS) --data "$(ECG_DATA)" --out "$(DEMO_OUT)/federated"
+	@echo "== 3/4 int8 ONNX export, calibrated on training records, gated on held-out records"
+	$(PY) -m export --checkpoint "$(DEMO_OUT)/federated/best.pt" --calibration-data "$(ECG_DATA)" --out "$(DEMO_OUT)/export"
+	@echo "== 4/4 classify a held-out record with the int8 model, as the phone app does"
+	$(PY) -m mobile_app.classify --model "$(DEMO_OUT)/export/model.int8.onnx" --held-out "$(ECG_DATA)"
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: venv apt-test

@@ -10,14 +10,33 @@ from pathlib import Path
 from mobile_app.inference import DEFAULT_MODEL, Classifier, ClassifyError
 
 
+def held_out_record(clf: Classifier, data: Path) -> Path:
+    """A record the model never trained on: the first of its recorded test split present under ``data``."""
+    from cpsc2018.catalog import scan
+
+    wanted = set(clf.meta.split.get("test_ids", []))
+    try:
+        entries = scan(data, progress=False).entries
+    except FileNotFoundError as exc:
+        raise ClassifyError(str(exc)) from None
+    for e in entries:
+        if e.key in wanted and e.source_format in ("wfdb", "cpsc_mat"):
+            return Path(e.path)
+    raise ClassifyError(f"none of the model's held-out records is a WFDB or CPSC file under {data}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mobile_app.classify", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--record", type=Path, required=True, help=".hea (WFDB) or original CPSC2018 .mat")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--record", type=Path, help=".hea (WFDB) or original CPSC2018 .mat")
+    src.add_argument("--held-out", type=Path, metavar="DATA_DIR", help="classify the first of the model's held-out test records found under DATA_DIR")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
     try:
-        r = Classifier(args.model).classify(args.record)
+        clf = Classifier(args.model)
+        record = args.record or held_out_record(clf, args.held_out)
+        r = clf.classify(record)
     except ClassifyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -28,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, prob, thr in zip(r.labels, r.probabilities, r.thresholds):
         mark = "POSITIVE" if prob >= thr else ""
         print(f"  {name:<6} {prob:6.3f}  (threshold {thr:.3f}) {mark}")
-    print("Research tool, not a diagnosis.")
+    print(f"Labels in the file: {', '.join(r.reference) or 'none of the six'}. Research tool, not a diagnosis.")
     return 0
 
 

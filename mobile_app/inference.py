@@ -141,6 +141,7 @@ class Result:
     inference_ms: float
     model: str
     display: np.ndarray = field(repr=False)  # (12, n) band-passed mV at DISPLAY_FS, for the screen
+    reference: list[str] = field(default_factory=list)  # the file's own labels, where it has any  # (12, n) band-passed mV at DISPLAY_FS, for the screen
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -155,7 +156,7 @@ class Result:
             "record": self.record, "site": self.site, "fs": self.fs, "duration_s": round(self.duration_s, 2),
             "labels": self.labels, "probabilities": [round(p, 6) for p in self.probabilities],
             "thresholds": self.thresholds, "positives": self.positives, "top": self.top,
-            "inference_ms": round(self.inference_ms, 3), "model": self.model,
+            "inference_ms": round(self.inference_ms, 3), "model": self.model, "reference": self.reference,
         }
 
 
@@ -212,6 +213,7 @@ class Classifier:
             record=rec.record_id, site=rec.site, fs=rec.fs, duration_s=rec.duration_s, labels=labels,
             probabilities=[float(p) for p in probs], thresholds=list(self.meta.thresholds), positives=positives,
             inference_ms=ms, model=self.description, display=display_signal(rec.signal, rec.fs, self.pre),
+            reference=[n for n in labels if n in rec.classes],
         )
 
 
