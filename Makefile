@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 ECG_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(abspath data/cpsc2018-subset))
 export ECG_DATA
 DEMO_OUT ?= runs/demo
-DEMO_ROUNDS ?= 5
+DEMO_ROUNDS ?= 10
 # One client per site on the shared multi-hospital records; a downloaded single-site subset is split IID.
 DEMO_FED_FLAGS ?= $(if $(wildcard ../shared/data),--partition site,--partition iid --clients 3)
 
