@@ -134,3 +134,13 @@ def test_hybrid_with_hand_features(data_dir, cache_dir, tmp_path):
 
     assert ckpt.features == list(FEATURE_NAMES) and ckpt.model_kwargs["num_features"] == len(FEATURE_NAMES)
     assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(data_dir)]) == 0
+
+
+def test_cpsc9_labels_and_official_score(data_dir, cache_dir, tmp_path):
+    out = tmp_path / "c9"
+    assert train_main(_args(data_dir, out, cache_dir, "--epochs", "1", "--labels", "cpsc9")) == 0
+    assert len(load_checkpoint(out / "best.pt").labels) == 9
+    js = tmp_path / "c9.json"
+    assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(data_dir), "--json", str(js)]) == 0
+    score = json.loads(js.read_text())["cpsc2018"]
+    assert {"F1", "Faf", "Fblock", "Fpc", "Fst", "f1_per_class"} <= set(score)
