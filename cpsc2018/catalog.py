@@ -15,13 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cpsc2018.labels import codes_to_classes, multi_hot
+from cpsc2018.labels import Labelled
 from cpsc2018.readers import _looks_like_mitbih, read_cpsc_mat, read_mitbih, read_ptbxl, read_wfdb, ptbxl_table
 from cpsc2018.records import Record, RecordError
 
 
 @dataclass(frozen=True)
-class Entry:
+class Entry(Labelled):
     """One readable recording. ``locator`` is what ``load`` needs to read it again."""
 
     record_id: str
@@ -36,13 +36,6 @@ class Entry:
     code_system: str
     ptbxl_root: str | None = None
     ptbxl_id: int | None = None
-
-    @property
-    def classes(self) -> frozenset[str]:
-        return codes_to_classes(self.codes, self.code_system)
-
-    def targets(self, label_set: str = "six") -> list[int]:
-        return multi_hot(self.classes, label_set)
 
     @property
     def duration_s(self) -> float:

@@ -137,3 +137,18 @@ def multi_hot(classes: Iterable[str], label_set: str = "six") -> list[int]:
     """0/1 target vector of a record's classes in the order of ``label_set``."""
     present = set(classes)
     return [int(name in present) for name in label_names(label_set)]
+
+
+class Labelled:
+    """Mixin for anything carrying ``codes`` in ``code_system`` (a record, a catalog entry)."""
+
+    codes: tuple[str, ...]
+    code_system: str
+
+    @property
+    def classes(self) -> frozenset[str]:
+        """The target classes (of any label set) the codes map to."""
+        return codes_to_classes(self.codes, self.code_system)
+
+    def targets(self, label_set: str = "six") -> list[int]:
+        return multi_hot(self.classes, label_set)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsc2018.labels import codes_to_classes, multi_hot
+from cpsc2018.labels import Labelled
 
 # Standard 12-lead order. Every 12-lead reader returns its leads in this order; models, the
 # preprocessing and the app rely on it, so it is defined here only.
@@ -32,7 +32,7 @@ class Beats:
 
 
 @dataclass(frozen=True)
-class Record:
+class Record(Labelled):
     """One recording: signal in mV, float32 ``(n_leads, T)``, plus what is known about it.
 
     ``codes`` are the source's own label codes in ``code_system`` (see ``cpsc2018.labels``);
@@ -53,13 +53,6 @@ class Record:
     age: float | None = None
     sex: str | None = None
     beats: Beats | None = field(default=None, repr=False)
-
-    @property
-    def classes(self) -> frozenset[str]:
-        return codes_to_classes(self.codes, self.code_system)
-
-    def targets(self, label_set: str = "six") -> list[int]:
-        return multi_hot(self.classes, label_set)
 
     @property
     def duration_s(self) -> float:
