@@ -53,12 +53,13 @@ def test_fp32_export_parity_every_model(name, tmp_path, real_windows):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """A briefly trained small resnet1d18 (central, 3 epochs) on the real records."""
+    """A briefly trained resnet1d18 (central, 5 epochs, default widths) on the real records. A model
+    trained less, or a narrower one, puts every probability near its threshold, where int8 rounding
+    flips decisions (seen: 94.6 % agreement at widths 8-32 after 3 epochs)."""
     out = tmp_path_factory.mktemp("run")
     cache = tmp_path_factory.mktemp("cache")
     code = train_main([
-        "--data", str(data_dir), "--out", str(out), "--cache-dir", str(cache), "--epochs", "3", "--workers", "0",
-        "--model-kwargs", json.dumps(SMALL["resnet1d18"]),
+        "--data", str(data_dir), "--out", str(out), "--cache-dir", str(cache), "--epochs", "5", "--workers", "0",
     ])
     assert code == 0
     return out / "best.pt"
