@@ -22,12 +22,12 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# System packages the tests need: a virtual X screen for the Kivy app (xvfb), and libmtdev1, whose
+# System packages the tests need: a virtual X screen for the Kivy app (xvfb; Mesa for its OpenGL), and libmtdev1, whose
 # absence makes Kivy print a harmless but alarming error. Installed only when missing.
 apt-test:
 	@if ! command -v xvfb-run >/dev/null || ! ldconfig -p | grep -q libmtdev.so.1; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libmtdev1 >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libmtdev1 libgl1-mesa-dri >/dev/null; \
 	fi
 
 demo: venv
