@@ -112,9 +112,8 @@ def _candidates(root: Path, ptbxl_rate: int) -> Iterator[tuple[str, Path, int | 
             dirnames[:] = [d for d in dirnames if d not in ("records100", "records500")]
             try:
                 table = ptbxl_table(here)
-            except RecordError as exc:
+            except RecordError:
                 yield ("error", here / "ptbxl_database.csv", None)
-                del exc
                 continue
             for ecg_id, row in sorted(table.items()):
                 wanted = "filename_hr" if ptbxl_rate == 500 else "filename_lr"

@@ -66,11 +66,10 @@ def partition_iid(entries: Sequence[E], n_clients: int, seed: int = 0) -> tuple[
         raise ValueError(f"--clients {n_clients} is more than the {len(groups)} patients available")
     clients: dict[str, list[E]] = {f"client{i}": [] for i in range(n_clients)}
     names = list(clients)
-    for i, g in enumerate(sorted(groups, key=len, reverse=True)):
+    for g in sorted(groups, key=len, reverse=True):
         # Largest patients first, each to the currently smallest client: sizes stay even.
         target = min(names, key=lambda c: (len(clients[c]), names.index(c)))
         clients[target].extend(g)
-        del i
     return clients, [f"IID partition of {len(entries)} records over {n_clients} clients (by patient)"]
 
 
