@@ -27,9 +27,14 @@ log = logging.getLogger("federated")
 SELECT_KEY = "val_macro_auroc"
 
 
-def _score(metrics: dict) -> float:
+def selection_score(metrics: dict, val_loss: float) -> float:
+    """Validation macro AUROC; where no class of the validation records has both positives and
+    negatives (a small local site), AUROC is undefined for every epoch and the lower validation loss
+    selects instead (a negative number, so the two are never compared on one run)."""
     v = metrics["macro"]["auroc"]
-    return -math.inf if v is None or math.isnan(v) else float(v)
+    if v is None or math.isnan(v):
+        return -float(val_loss) if math.isfinite(val_loss) else -math.inf
+    return float(v)
 
 
 def check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
@@ -105,8 +110,9 @@ def fit(
         }
         history.append(row)
         log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.3f, AUROC %.3f", name, epoch, train_loss, val_loss, row["val_macro_f1"], row["val_macro_auroc"])
-        if _score(m) > best["score"]:
-            best = {"score": _score(m), "epoch": epoch}
+        score = selection_score(m, val_loss)
+        if score > best["score"] or best["epoch"] == 0:
+            best = {"score": score, "epoch": epoch}
             save(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"epoch": epoch}, feature_names))
         state = {
             "epoch": epoch, "history": history, "best": best, "optimizer": optimizer.state_dict(),

@@ -103,18 +103,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = _model_from_config(c).to(device)
     load_arrays(model, msg.content["arrays"])
     labels = json.loads(str(c["labels"]))
-    if not client.val:
-        content = RecordDict({"metrics": MetricRecord({"num-examples": 0, "client-id": pid})})
-        return Message(content=content, reply_to=msg)
-    ds = EvalWindows(cache, targets, client.val)
-    probs, loss = predict_records(model, DataLoader(ds, batch_size=64), len(client.val), device, loss_fn=nn.BCEWithLogitsLoss())
-    thresholds = json.loads(str(c["thresholds"])) if "thresholds" in c else [0.5] * len(labels)
-    m = multilabel_metrics(targets[client.val], probs, labels, thresholds)
-    record = {"num-examples": len(client.val), "client-id": pid, "val_loss": float(loss)}
-    record["macro_auroc"] = float(m["macro"]["auroc"])
-    for name, pc in m["per_class"].items():
-        record[f"f1_{name}"] = float(pc["f1"])
-        record[f"auroc_{name}"] = float(pc["auroc"])
+    # Every client answers with the same keys (Flower refuses to aggregate differing records); a
+    # client without validation records sends NaN with weight 0.
+    record: dict[str, float | int] = {"num-examples": len(client.val), "client-id": pid, "val_loss": math.nan, "macro_auroc": math.nan}
+    record.update({f"{kind}_{name}": math.nan for name in labels for kind in ("f1", "auroc")})
+    if client.val:
+        ds = EvalWindows(cache, targets, client.val)
+        probs, loss = predict_records(model, DataLoader(ds, batch_size=64), len(client.val), device, loss_fn=nn.BCEWithLogitsLoss())
+        thresholds = json.loads(str(c["thresholds"])) if "thresholds" in c else [0.5] * len(labels)
+        m = multilabel_metrics(targets[client.val], probs, labels, thresholds)
+        record.update(val_loss=float(loss), macro_auroc=float(m["macro"]["auroc"]))
+        for name, pc in m["per_class"].items():
+            record[f"f1_{name}"] = float(pc["f1"])
+            record[f"auroc_{name}"] = float(pc["auroc"])
     content = RecordDict({"metrics": MetricRecord(record)})
     return Message(content=content, reply_to=msg)
 

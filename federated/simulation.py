@@ -22,7 +22,7 @@ from flwr.serverapp import strategy as fl
 from flwr.simulation import run_simulation
 from torch import nn
 
-from federated.central import SELECT_KEY, check_resume_compatible, finish
+from federated.central import SELECT_KEY, check_resume_compatible, finish, selection_score
 from federated.checkpoint import load_checkpoint
 from federated.config import TrainConfig
 from federated.data import Experiment, eval_loader
@@ -182,9 +182,8 @@ def make_server_app(
             }
             history.append(row)
             log.info("round %d: val loss %.4f, val macro F1 %.3f, AUROC %.3f", rnd, val_loss, row["val_macro_f1"], row["val_macro_auroc"])
-            s = m["macro"]["auroc"]
-            s = -math.inf if s is None or math.isnan(s) else s
-            if s > state["best"]["score"]:
+            s = selection_score(m, val_loss)
+            if s > state["best"]["score"] or state["best"]["round"] == 0:
                 state["best"] = {"score": s, "round": rnd}
                 save(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"round": rnd}, []))
             strat = strategy_box["s"]

@@ -144,3 +144,19 @@ def test_cpsc9_labels_and_official_score(data_dir, cache_dir, tmp_path):
     assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(data_dir), "--json", str(js)]) == 0
     score = json.loads(js.read_text())["cpsc2018"]
     assert {"F1", "Faf", "Fblock", "Fpc", "Fst", "f1_per_class"} <= set(score)
+
+
+def test_local_mode_one_model_per_site(data_dir, cache_dir, tmp_path):
+    out = tmp_path / "local"
+    assert train_main(_args(data_dir, out, cache_dir, "--mode", "local", "--epochs", "1")) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["sites"]) == {"PTB-XL", "CPSC2018", "Chapman/Ningbo", "Georgia", "other"}
+    for site in summary["sites"]:
+        assert (out / "local" / site.replace("/", "-") / "best.pt").exists()
+
+
+def test_selection_falls_back_to_loss_without_auroc():
+    from federated.central import selection_score
+
+    assert selection_score({"macro": {"auroc": 0.8}}, 0.3) == 0.8
+    assert selection_score({"macro": {"auroc": float("nan")}}, 0.3) == -0.3
