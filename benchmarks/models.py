@@ -5,7 +5,8 @@
 FLOPs come from torch's own counter (``torch.utils.flop_counter``), which counts a multiply-add as
 2 FLOPs. Latency: batch 1, eval mode, median of ``--repeats`` runs after warm-up. Peak memory: each
 model in a fresh subprocess, max resident set size after one forward+backward+step at batch 32,
-minus the size before building the model. Writes ``benchmarks/results/models.md``.
+minus the resident size just before the step (Linux peak-RSS mark reset after set-up). Writes
+``benchmarks/results/models.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,16 +48,23 @@ def latency_ms(model: torch.nn.Module, x: torch.Tensor, threads: int, repeats: i
 def train_peak_mb(name: str, samples: int) -> float:
     """Run one training step in a fresh interpreter; report its peak RSS growth in MB."""
     code = f"""
-import resource, torch, sys
+import torch, sys
 sys.path.insert(0, {str(REPO)!r})
 from resnet1d import create_model
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1])
+
 m = create_model({name!r}).train()
 opt = torch.optim.AdamW(m.parameters(), 1e-3)
 x, y = torch.randn(32, 12, {samples}), torch.randint(0, 2, (32, 6)).float()
+open('/proc/self/clear_refs', 'w').write('5')  # reset the peak-RSS mark (Linux) after imports and set-up
+before = status('VmRSS:')
 loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x), y)
 loss.backward(); opt.step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print((status('VmHWM:') - before) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Input: one record of {args.samples} samples x 12 leads (10 s at 250 Hz). FLOPs by torch's counter",
         "(a multiply-add = 2 FLOPs). Latency: torch eager, batch 1, median of "
         f"{args.repeats} runs after 5 warm-up runs. Training peak: RSS growth of a fresh process over one",
-        "forward+backward+AdamW step at batch 32. Accuracy columns: `benchmarks/results/compare_models.md`.",
+        "forward+backward+AdamW step at batch 32 (peak RSS minus RSS before the step; model, optimizer and batch already allocated). Accuracy columns: `benchmarks/results/compare_models.md`.",
         "",
         f"| model | params | MFLOPs / 10 s | fp32 size (MB) | latency 1 thread (ms) | latency {n} threads (ms) | training peak, batch 32 (MB) |",
         "|---|---|---|---|---|---|---|",
