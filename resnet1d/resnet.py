@@ -5,21 +5,28 @@ Ribeiro et al., Nat. Commun. 2020. Modifications of ``resnet1d18`` against the i
 for a reason:
 
 1. 1D convolutions over time with the 12 leads as input channels.
-2. A wide stem kernel (15 samples = 60 ms at 250 Hz): one filter spans a whole QRS complex.
+2. A wide stem kernel (15 samples = 60 ms at 250 Hz, against 7 in the image net): one filter spans most
+   of a QRS complex (80-120 ms) instead of a fraction of it.
 3. Kernel 7 in the residual blocks instead of 3: with only four stages, the receptive field must
    still cover more than one RR interval (~1 s) to see rhythm (AF) and prematurity (PAC/PVC).
-4. Narrow widths (24-48-96-160 instead of 64-512): ~0.95 M parameters instead of 11 M, so the int8
-   model is under 1.5 MB and a 10 s record runs in milliseconds on a phone; the published CPSC2018
-   results gain little from width on 6-9 classes.
+4. Narrow widths (24-48-96-160 instead of 64-512): 0.98 M parameters instead of 11 M, so the int8
+   ONNX file stays near 1 MB and a 10 s record takes about 2 ms on one CPU thread (measured in
+   ``benchmarks/results/models.md``). Widths are a constructor argument; ``resnet1d34`` is the
+   full-width baseline that shows what the narrow net gives up.
    Every stage halves time, the first included (stride 2 where the image net has 1): a 10 s record
    at 250 Hz leaves the stem as 625 steps and the last stage as 40 (4 per second, ~4 per beat), which
-   halves the compute (~130 MFLOPs per record instead of ~260) at no cost in what a rhythm label needs.
+   halves the compute (129 MFLOPs per record instead of 244 with stride 1). The receptive field still
+   spans the whole 10 s record (about 2,500 samples) at the last stage, and 2 s after the second.
 5. Global average and max pooling concatenated: the average sees the rhythm, the max a single
    ectopic beat that averaging would dilute.
 6. Dropout before the linear head (small training sets), and the last norm of every block
    zero-initialised (Goyal et al. 2017) so each block starts as identity: stable from-scratch training.
 7. Optional squeeze-and-excitation per block (``se=True``) and optional hand features concatenated
-   to the pooled embedding (``num_features`` > 0: a hybrid head).
+   to the pooled embedding (``num_features`` > 0: a hybrid head, ``forward(x, features)``). The
+   features are normalised per feature by the model's norm when it is batch norm (running statistics,
+   stored in the checkpoint and the ONNX file); with any other norm they pass as they come (the
+   producer scales them to order 1), because GroupNorm over one value per group is constant and
+   differential privacy forbids batch statistics. A Linear + ReLU then maps them to ``feature_hidden``.
 """
 
 from __future__ import annotations
@@ -29,11 +36,21 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from resnet1d.layers import ConvNormAct, NormLayer, SqueezeExcite, check_input, make_norm
+from resnet1d.layers import (
+    ConvNormAct,
+    NormLayer,
+    SqueezeExcite,
+    check_dropout,
+    check_input,
+    check_positive,
+    make_norm,
+)
 from resnet1d.registry import register_model
 
 
 class BasicBlock1d(nn.Module):
+    """Two convolutions with a shortcut (1x1 conv + norm when shape changes); optional SE before the sum."""
+
     def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, norm: NormLayer, se: bool) -> None:
         super().__init__()
         self.conv1 = ConvNormAct(c_in, c_out, kernel, stride, norm)
@@ -52,7 +69,9 @@ class BasicBlock1d(nn.Module):
 
 
 class ResNet1d(nn.Module):
-    """Configurable 1D ResNet of basic blocks. Input [batch, in_leads, T] (any T), output logits."""
+    """Configurable 1D ResNet of basic blocks. Input [batch, in_leads, T] (any T >= 1), output logits."""
+
+    min_samples = 1
 
     def __init__(
         self,
@@ -67,17 +86,30 @@ class ResNet1d(nn.Module):
         se: bool = False,
         dropout: float = 0.3,
         num_features: int = 0,
+        feature_hidden: int = 32,
         norm_layer: str | NormLayer | None = "batch",
     ) -> None:
+        """``layers``/``widths``/``strides``: blocks, channels and time stride per stage (lists or tuples of
+        equal length); ``stem_kernel``/``kernel``: odd kernel sizes of the stem and of the blocks; ``se``:
+        squeeze-and-excitation in every block; ``num_features`` > 0 makes a hybrid model whose forward
+        takes ``(x, features)``; ``norm_layer``: ``"batch"``, ``"group"`` or a callable ``channels -> module``."""
         super().__init__()
         if not layers or not len(layers) == len(widths) == len(strides):
             raise ValueError(
-                f"layers, widths and strides need the same non-zero length, got {list(layers)}, {list(widths)}, {list(strides)}"
+                "layers, widths and strides need the same non-zero length, "
+                f"got {list(layers)}, {list(widths)}, {list(strides)}"
             )
+        check_positive(
+            num_classes=num_classes, in_leads=in_leads, stem_kernel=stem_kernel, kernel=kernel,
+            feature_hidden=feature_hidden,
+        )
+        for arg, values in (("layers", layers), ("widths", widths), ("strides", strides)):
+            check_positive(**{f"{arg}[{i}]": v for i, v in enumerate(values)})
         if stem_kernel % 2 == 0 or kernel % 2 == 0:
             raise ValueError(f"kernels must be odd for symmetric padding, got stem {stem_kernel}, block {kernel}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 0:
+            raise ValueError(f"num_features must be an integer >= 0, got {num_features!r}")
+        check_dropout(dropout)
         norm = make_norm(norm_layer)
         self.in_leads = in_leads
         self.num_features = num_features
@@ -93,28 +125,48 @@ class ResNet1d(nn.Module):
         embed = 2 * c
         self.feature_net = None
         if num_features:
-            # Hand features (RR statistics...) come in their own units: a norm, then a small MLP.
-            self.feature_net = nn.Sequential(norm(num_features), nn.Linear(num_features, 32), nn.ReLU(inplace=True))
-            embed += 32
+            # Hand features (RR statistics...) come in their own units: normalised, then a small MLP.
+            self.feature_net = nn.Sequential(
+                _feature_norm(norm, num_features), nn.Linear(num_features, feature_hidden), nn.ReLU()
+            )
+            embed += feature_hidden
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: [batch, in_leads, samples]; ``features``: [batch, num_features], required exactly when
+        ``num_features`` > 0. Returns [batch, num_classes] logits."""
         check_input(x, self.in_leads)
+        if self.feature_net is None and features is not None:
+            raise ValueError("this model has num_features=0: call it with the ECG only")
+        if self.feature_net is not None:
+            _check_features(features, self.num_features)
         h = self.stages(self.stem(x))
         z = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
         if self.feature_net is not None:
-            if features is None or features.shape[-1] != self.num_features:
-                raise ValueError(f"this hybrid model needs features [batch, {self.num_features}]")
             z = torch.cat([z, self.feature_net(features)], dim=1)
         return self.head(z)
 
 
+def _feature_norm(norm: NormLayer, num_features: int) -> nn.Module:
+    """The model's norm on the hand features if it is batch norm, else identity (see the module docstring)."""
+    layer = norm(num_features)
+    return layer if isinstance(layer, nn.BatchNorm1d) else nn.Identity()
+
+
+def _check_features(features: torch.Tensor | None, num_features: int) -> None:
+    if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        got = f"shape {tuple(features.shape)}" if isinstance(features, torch.Tensor) else repr(type(features).__name__)
+        raise ValueError(f"this hybrid model needs features [batch, {num_features}], got {got}")
+    if not torch.jit.is_tracing() and features.shape[1] != num_features:
+        raise ValueError(f"this hybrid model needs features [batch, {num_features}], got shape {tuple(features.shape)}")
+
+
 @register_model
 def resnet1d18(*, num_classes: int = 6, in_leads: int = 12, **kwargs) -> ResNet1d:
-    """The product's model: lightweight ResNet1D-18 (~0.95 M parameters, ~130 MFLOPs per 10 s)."""
+    """The product's model: lightweight ResNet1D-18 (0.98 M parameters, 129 MFLOPs per 10 s at 250 Hz)."""
     return ResNet1d(layers=(2, 2, 2, 2), num_classes=num_classes, in_leads=in_leads, **kwargs)
 
 

@@ -3,7 +3,9 @@
 The recurrent family of earlier federated ECG work (e.g. CNN-RNN hybrids with attention over time,
 Mousavi & Afghah 2019; Yao et al. 2020): the convolutions shorten the sequence 8x and learn beat
 shapes, the GRU reads the beat sequence both ways, and additive attention (Bahdanau et al. 2015)
-weights the moments that matter before the linear head. Exports to ONNX (GRU is a standard op).
+weights the moments that matter before the linear head. Exports to ONNX with the legacy exporter
+(GRU is a standard op). For differential privacy, Opacus' ``ModuleValidator.fix`` swaps ``nn.GRU`` for
+its ``DPGRU``; the rest (``norm_layer="group"``) needs no change.
 """
 
 from __future__ import annotations
@@ -11,16 +13,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resnet1d.layers import ConvNormAct, NormLayer, check_input, make_norm
+from resnet1d.layers import ConvNormAct, NormLayer, check_dropout, check_input, check_positive, make_norm
 from resnet1d.registry import register_model
 
 
 class RnnAttention(nn.Module):
+    """Conv front end (time / 8) -> bidirectional GRU -> attention pooling -> linear head."""
+
+    min_samples = 5  # shortest input the front end's max pool accepts
+
     def __init__(
-        self, *, num_classes: int = 6, in_leads: int = 12, width: int = 64, hidden: int = 64, dropout: float = 0.3,
+        self,
+        *,
+        num_classes: int = 6,
+        in_leads: int = 12,
+        width: int = 64,
+        hidden: int = 64,
+        dropout: float = 0.3,
         norm_layer: str | NormLayer | None = "batch",
     ) -> None:
+        """``width``: channels out of the front end (>= 2; its first convolution has half); ``hidden``: GRU
+        size per direction; ``norm_layer``: ``"batch"``, ``"group"`` or a callable ``channels -> module``."""
         super().__init__()
+        check_positive(num_classes=num_classes, in_leads=in_leads, width=width, hidden=hidden)
+        if width < 2:
+            raise ValueError(f"width must be >= 2 (the first convolution has width // 2 channels), got {width}")
+        check_dropout(dropout)
         norm = make_norm(norm_layer)
         self.in_leads = in_leads
         self.num_features = 0
@@ -34,7 +52,7 @@ class RnnAttention(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_leads)
+        check_input(x, self.in_leads, self.min_samples)
         h, _ = self.gru(self.frontend(x).transpose(1, 2))  # [batch, time, 2*hidden]
         w = torch.softmax(self.attn(h), dim=1)  # attention weights over time
         return self.head((w * h).sum(dim=1))
@@ -42,4 +60,5 @@ class RnnAttention(nn.Module):
 
 @register_model
 def rnn_attention(*, num_classes: int = 6, in_leads: int = 12, **kwargs) -> RnnAttention:
+    """Small CNN + bidirectional GRU + attention pooling (0.08 M parameters)."""
     return RnnAttention(num_classes=num_classes, in_leads=in_leads, **kwargs)
