@@ -1,12 +1,18 @@
 """Per model: parameters, MFLOPs per 10 s record, fp32 size, CPU latency (1 thread / all), training peak memory.
 
-    python benchmarks/models.py [--samples 2500] [--repeats 30]
+    python benchmarks/models.py [--samples 2500] [--repeats 30] [--out benchmarks/results/models.md]
 
-FLOPs come from torch's own counter (``torch.utils.flop_counter``), which counts a multiply-add as
-2 FLOPs. Latency: batch 1, eval mode, median of ``--repeats`` runs after warm-up. Peak memory: each
-model in a fresh subprocess, max resident set size after one forward+backward+step at batch 32,
-minus the resident size just before the step (Linux peak-RSS mark reset after set-up). Writes
-``benchmarks/results/models.md``.
+FLOPs come from torch's own counter (``torch.utils.flop_counter.FlopCounterMode``) over one forward
+pass of one record; it counts a multiply-add as 2 FLOPs and counts only matrix products and
+convolutions (norms, activations and pooling are left out: a few percent). Size: bytes of the
+``torch.save``d fp32 state_dict. Latency: torch eager, eval mode, batch 1, median of ``--repeats``
+runs after warm-up, at 1 thread and at all cores (``torch.set_num_threads``). Training peak: each
+model in a fresh subprocess; the peak resident set size (Linux ``VmHWM``, reset after set-up through
+``/proc/self/clear_refs``) over one forward+backward+AdamW step at batch 32, minus the resident size
+just before the step, i.e. the activations, gradients and optimizer state the step adds. Where the
+peak mark cannot be reset, ``resource.getrusage`` max RSS before/after is used and the table says so.
+Accuracy is not measured here: it comes from ``benchmarks/compare_models.py``. Writes the table
+atomically to ``--out``.
 """
 
 from __future__ import annotations
@@ -31,96 +37,151 @@ from benchmarks.common import machine_line  # noqa: E402
 from cpsc2018.util import atomic_write_text  # noqa: E402
 from resnet1d import create_model, list_models  # noqa: E402
 
+HYBRID_FEATURES = 13  # the shipped hybrid: resnet1d18 + cpsc2018.features.FEATURE_NAMES (13 values)
+WARMUP = 5
 
-def latency_ms(model: torch.nn.Module, x: torch.Tensor, threads: int, repeats: int) -> float:
+
+def variants() -> list[tuple[str, str, dict]]:
+    """(row label, registry name, kwargs): every registered model at its defaults, plus the hybrid."""
+    rows = [(name, name, {}) for name in list_models()]
+    rows.append((f"resnet1d18 + {HYBRID_FEATURES} features", "resnet1d18", {"num_features": HYBRID_FEATURES}))
+    return rows
+
+
+def example_inputs(model: torch.nn.Module, batch: int, samples: int) -> tuple[torch.Tensor, ...]:
+    x = torch.randn(batch, model.in_leads, samples)
+    return (x, torch.randn(batch, model.num_features)) if model.num_features else (x,)
+
+
+def latency_ms(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, repeats: int) -> float:
     torch.set_num_threads(threads)
     with torch.inference_mode():
-        for _ in range(5):
-            model(x)
+        for _ in range(WARMUP):
+            model(*inputs)
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            model(x)
+            model(*inputs)
             times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 
 
-def train_peak_mb(name: str, samples: int) -> float:
-    """Run one training step in a fresh interpreter; report its peak RSS growth in MB."""
-    code = f"""
-import torch, sys
-sys.path.insert(0, {str(REPO)!r})
-from resnet1d import create_model
-
-def status(key):
-    for line in open('/proc/self/status'):
+def _status_kb(key: str) -> int:
+    for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1])
-
-m = create_model({name!r}).train()
-opt = torch.optim.AdamW(m.parameters(), 1e-3)
-x, y = torch.randn(32, 12, {samples}), torch.randint(0, 2, (32, 6)).float()
-open('/proc/self/clear_refs', 'w').write('5')  # reset the peak-RSS mark (Linux) after imports and set-up
-before = status('VmRSS:')
-loss = torch.nn.functional.binary_cross_entropy_with_logits(m(x), y)
-loss.backward(); opt.step()
-print((status('VmHWM:') - before) / 1024)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    raise KeyError(key)
 
 
-def measure(name: str, samples: int, repeats: int) -> dict:
+def train_step_peak(name: str, kwargs: dict, samples: int) -> dict:
+    """Child side: one training step at batch 32; returns the peak RSS growth in MB and the method."""
+    import resource
+
     torch.manual_seed(0)
-    model = create_model(name).eval()
-    x = torch.randn(1, 12, samples)
+    model = create_model(name, **kwargs).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    inputs = example_inputs(model, 32, samples)
+    target = torch.randint(0, 2, (32, 6)).float()
+    try:  # reset the peak-RSS mark so that imports and set-up do not count
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        method, before = "VmHWM", _status_kb("VmRSS:")
+    except OSError:
+        method, before = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(*inputs), target)
+    loss.backward()
+    opt.step()
+    after = _status_kb("VmHWM:") if method == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"train_mb": (after - before) / 1024, "method": method}
+
+
+def train_peak(name: str, kwargs: dict, samples: int) -> dict:
+    """Parent side: run :func:`train_step_peak` in a fresh interpreter (RSS peaks are per process)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--samples", str(samples),
+           "--child-train-peak", json.dumps({"name": name, "kwargs": kwargs})]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(label: str, name: str, kwargs: dict, samples: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).eval()
+    inputs = example_inputs(model, 1, samples)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
+        model(*inputs)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return {
-        "model": name,
+        "model": label,
         "params": sum(p.numel() for p in model.parameters()),
         "mflops": counter.get_total_flops() / 1e6,
         "size_mb": len(buf.getvalue()) / 1e6,
-        "lat1": latency_ms(model, x, 1, repeats),
-        "latn": latency_ms(model, x, os.cpu_count() or 1, repeats),
-        "train_mb": train_peak_mb(name, samples),
+        "lat1": latency_ms(model, inputs, 1, repeats),
+        "latn": latency_ms(model, inputs, os.cpu_count() or 1, repeats),
+        **train_peak(name, kwargs, samples),
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--samples", type=int, default=2500, help="input length: 10 s at 250 Hz")
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "models.md")
-    args = p.parse_args(argv)
-    rows = []
-    for name in list_models():
-        r = measure(name, args.samples, args.repeats)
-        print(json.dumps(r), flush=True)
-        rows.append(r)
-    n = os.cpu_count()
+def render(rows: list[dict], args: argparse.Namespace, load: tuple[float, float]) -> str:
+    n = os.cpu_count() or 1
+    methods = {r["method"] for r in rows}
+    peak_note = (
+        "peak RSS (`VmHWM`, reset after set-up) minus RSS just before the step"
+        if methods == {"VmHWM"}
+        else "`ru_maxrss` after minus before the step (the peak mark could not be reset: imports may hide part of it)"
+    )
     lines = [
         "# Model zoo benchmark",
         "",
         machine_line(),
+        f"Load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} on {n} cores "
+        "(other jobs on the machine slow the latency columns).",
         "",
-        f"Input: one record of {args.samples} samples x 12 leads (10 s at 250 Hz). FLOPs by torch's counter",
-        "(a multiply-add = 2 FLOPs). Latency: torch eager, batch 1, median of "
-        f"{args.repeats} runs after 5 warm-up runs. Training peak: RSS growth of a fresh process over one",
-        "forward+backward+AdamW step at batch 32 (peak RSS minus RSS before the step; model, optimizer and batch already allocated). Accuracy columns: `benchmarks/results/compare_models.md`.",
+        f"Input: one record of {args.samples} samples x 12 leads (10 s at 250 Hz), all models at their default",
+        "arguments. MFLOPs: torch's `FlopCounterMode`, one forward pass, **a multiply-add counts as 2 FLOPs**;",
+        "convolutions and matrix products only. fp32 size: bytes of the saved state_dict. Latency: torch",
+        f"eager, eval mode, batch 1, median of {args.repeats} runs after {WARMUP} warm-up runs, at 1 thread and at",
+        f"{n} threads. Training peak: one forward+backward+AdamW step at batch 32 in a fresh process per model,",
+        f"{peak_note}.",
+        "Accuracy is not measured here: see `benchmarks/results/compare_models.md` (`benchmarks/compare_models.py`).",
         "",
-        f"| model | params | MFLOPs / 10 s | fp32 size (MB) | latency 1 thread (ms) | latency {n} threads (ms) | training peak, batch 32 (MB) |",
+        f"| model | params | MFLOPs / 10 s | fp32 size (MB) | latency 1 thread (ms) | latency {n} threads (ms) "
+        "| training peak, batch 32 (MB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| `{r['model']}` | {r['params'] / 1e6:.3f} M | {r['mflops']:.1f} | {r['size_mb']:.2f} | {r['lat1']:.2f} | {r['latn']:.2f} | {r['train_mb']:.0f} |"
+            f"| `{r['model']}` | {r['params'] / 1e6:.3f} M | {r['mflops']:.1f} | {r['size_mb']:.2f} | {r['lat1']:.2f} "
+            f"| {r['latn']:.2f} | {r['train_mb']:.0f} |"
         )
     lines += ["", f"Command: `python benchmarks/models.py --samples {args.samples} --repeats {args.repeats}`", ""]
-    atomic_write_text(args.out, "\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--samples", type=int, default=2500, help="input length: 10 s at 250 Hz")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per latency figure (median reported)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "models.md", help="markdown table")
+    p.add_argument("--child-train-peak", default=None, help=argparse.SUPPRESS)  # internal: the per-model subprocess
+    args = p.parse_args(argv)
+    if args.samples < 1 or args.repeats < 1:
+        p.error(f"--samples and --repeats must be >= 1, got {args.samples} and {args.repeats}")
+    if args.child_train_peak:
+        spec = json.loads(args.child_train_peak)
+        print(json.dumps(train_step_peak(spec["name"], spec["kwargs"], args.samples)))
+        return 0
+    load_start = os.getloadavg()[0]
+    rows = []
+    for label, name, kwargs in variants():
+        r = measure(label, name, kwargs, args.samples, args.repeats)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    text = render(rows, args, (load_start, os.getloadavg()[0]))
+    atomic_write_text(args.out, text)  # temp file beside it + os.replace
+    print(text)
     return 0
 
 
