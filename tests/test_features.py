@@ -1,101 +1,119 @@
-"""Hand features on real records: plausible values, AF irregularity, robustness; the baseline runs."""
+"""Hand features on real CPSC2018 records: plausible values, what tells classes apart, robustness."""
 
 from __future__ import annotations
 
-import json
+import math
+import warnings
 
 import numpy as np
 import pytest
 
-from cpsc2018.catalog import scan
-from cpsc2018.features import EXPERT_NAMES, FEATURE_NAMES, expert_features, r_peaks, window_features
+from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.features import EXPERT_NAMES, FEATURE_NAMES, expert_features, window_features
 from cpsc2018.preprocess import PreprocessConfig, preprocess, windows
-from cpsc2018.readers import read_any
+
+PRE = PreprocessConfig()
 
 
 @pytest.fixture(scope="module")
-def cpsc(data_dir):
-    return scan(data_dir / "cpsc2018", progress=False).entries
+def cpsc(data_dir) -> dict[str, list[Entry]]:
+    """CPSC2018 records with a single label, by label, in file order."""
+    out: dict[str, list[Entry]] = {}
+    for e in scan(data_dir / "cpsc2018", progress=False).entries:
+        if len(e.classes) == 1:
+            out.setdefault(next(iter(e.classes)), []).append(e)
+    return out
 
 
-def _first_window(path):
-    rec = read_any(path)
-    return rec, windows(preprocess(rec.signal, rec.fs), PreprocessConfig())[0]
+def _window(e: Entry) -> np.ndarray:
+    rec = load(e)
+    return windows(preprocess(rec.signal, rec.fs, PRE), PRE)[0]
 
 
-def test_window_features_shape_and_heart_rate(data_dir):
+def _feature(e: Entry, name: str) -> float:
+    return float(window_features(_window(e), PRE.fs)[FEATURE_NAMES.index(name)])
+
+
+def test_window_features_heart_rate_matches_neurokit(cpsc):
     import neurokit2 as nk
 
-    for name in ("A0001", "A0002", "A0009"):
-        rec, w = _first_window(data_dir / "cpsc2018" / f"{name}.hea")
-        f = window_features(w, 250.0)
+    for e in cpsc["Normal"][:5]:
+        rec = load(e)
+        f = window_features(_window(e), PRE.fs)
         assert f.shape == (len(FEATURE_NAMES),) and f.dtype == np.float32 and np.isfinite(f).all()
-        assert f[0] == 1.0  # valid
-        hr = f[FEATURE_NAMES.index("heart_rate")] * 100
-        assert 35 < hr < 200
-        _, info = nk.ecg_peaks(nk.ecg_clean(rec.signal[1, : 10 * int(rec.fs)], sampling_rate=int(rec.fs)), sampling_rate=int(rec.fs))
-        hr_nk = 60 / np.median(np.diff(info["ECG_R_Peaks"]) / rec.fs)
-        assert abs(hr - hr_nk) < 10, (name, hr, hr_nk)
+        assert f[FEATURE_NAMES.index("valid")] == 1.0
+        hr = f[FEATURE_NAMES.index("heart_rate")] * 100  # stored as bpm / 100
+        assert 40 < hr < 150, (e.record_id, hr)
+        fs = int(rec.fs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, info = nk.ecg_peaks(nk.ecg_clean(rec.signal[1, : 10 * fs], sampling_rate=fs), sampling_rate=fs)
+        hr_nk = 60 / np.median(np.diff(info["ECG_R_Peaks"]) / fs)
+        assert abs(hr - hr_nk) < 10, (e.record_id, hr, hr_nk)
 
 
-def test_af_is_more_irregular_than_normal(cpsc, data_dir):
-    def cv(entries):
-        vals = []
-        for e in entries[:8]:
-            _, w = _first_window(e.path)
-            vals.append(window_features(w, 250.0)[FEATURE_NAMES.index("rr_cv")])
-        return float(np.median(vals))
-
-    af = [e for e in cpsc if e.classes == {"AF"}]
-    normal = [e for e in cpsc if e.classes == {"Normal"}]
-    assert len(af) >= 5 and len(normal) >= 5
-    assert cv(af) > 2 * cv(normal)
+def test_af_windows_are_more_irregular_than_normal(cpsc):
+    af = [_feature(e, "rr_cv") for e in cpsc["AF"][:8]]
+    normal = [_feature(e, "rr_cv") for e in cpsc["Normal"][:8]]
+    # Sinus rhythm varies by a few per cent beat to beat, AF by 10-30 %.
+    assert np.median(af) > 2 * np.median(normal), (af, normal)
+    assert sum(a > np.median(normal) for a in af) >= 7, (af, normal)
 
 
-def test_flat_and_noise_windows_are_marked_invalid():
-    flat = window_features(np.zeros((12, 2500)), 250.0)
-    assert flat[0] == 0 and np.all(flat == 0)
-    noise = window_features(np.random.default_rng(0).normal(size=(12, 2500)) * 1e-6, 250.0)
-    assert np.isfinite(noise).all()
-    assert len(r_peaks(np.zeros((12, 100)), 250.0)[0]) == 0
+def test_flat_and_broken_windows_are_marked_invalid():
+    flat = window_features(np.zeros((12, PRE.window_samples), dtype=np.float32), PRE.fs)
+    assert flat[FEATURE_NAMES.index("valid")] == 0 and np.all(flat == 0)
+    nan = np.full((12, PRE.window_samples), np.nan, dtype=np.float32)
+    out = window_features(nan, PRE.fs)
+    assert np.isfinite(out).all() and out[FEATURE_NAMES.index("valid")] == 0
+    short = window_features(np.ones((12, 50), dtype=np.float32), PRE.fs)
+    assert np.isfinite(short).all() and short[0] == 0
+    with pytest.raises(ValueError, match="shape"):
+        window_features(np.zeros(PRE.window_samples), PRE.fs)
 
 
-def test_expert_features_physiological(cpsc):
-    normal = [e for e in cpsc if e.classes == {"Normal"}][:4]
-    for e in normal:
-        f = expert_features(read_any(e.path).signal, e.fs)
-        assert set(f) == set(EXPERT_NAMES)
-        assert 40 < f["hr"] < 150
-        assert 60 < f["pr_ms"] < 300 or np.isnan(f["pr_ms"])
-        assert 30 < f["qrs_ms"] < 200 or np.isnan(f["qrs_ms"])
+def test_expert_features_physiological_on_normal_records(cpsc):
+    for e in cpsc["Normal"][:4]:
+        f = expert_features(load(e).signal, e.fs)
+        assert list(f) == list(EXPERT_NAMES)
+        assert 40 < f["hr"] < 150, (e.record_id, f["hr"])
+        assert 80 < f["pr_ms"] < 260, (e.record_id, f["pr_ms"])
+        assert 50 < f["qrs_ms"] < 130, (e.record_id, f["qrs_ms"])
+        assert 250 < f["qt_ms"] < 500, (e.record_id, f["qt_ms"])
+        assert f["p_corr"] > 0.5, (e.record_id, f["p_corr"])  # a P wave, the same in every beat
 
 
-def test_bundle_branch_blocks_have_wider_qrs(cpsc):
-    def width(entries):
-        return np.nanmedian([expert_features(read_any(e.path).signal, e.fs)["qrs_width_v1_ms"] for e in entries[:6]])
+def test_expert_features_tell_conduction_blocks(cpsc):
+    def median(label: str, name: str, n: int = 6) -> float:
+        return float(np.nanmedian([expert_features(load(e).signal, e.fs)[name] for e in cpsc[label][:n]]))
 
-    bbb = [e for e in cpsc if e.classes & {"LBBB", "RBBB"} and len(e.classes) == 1]
-    normal = [e for e in cpsc if e.classes == {"Normal"}]
-    assert width(bbb) > width(normal)
-
-
-def test_expert_features_never_raise():
-    f = expert_features(np.zeros((12, 5000)), 500.0)
-    assert all(np.isnan(v) for v in f.values())
-    x = np.random.default_rng(1).normal(size=(12, 5000))
-    x[3, 100:200] = np.nan
-    expert_features(x, 500.0)  # noise with NaN: features or NaN, no exception
+    normal_qrs = median("Normal", "qrs_ms")
+    assert median("LBBB", "qrs_ms") > normal_qrs + 20
+    assert median("RBBB", "qrs_ms") > normal_qrs + 10
+    assert median("RBBB", "v1_terminal_r") > median("Normal", "v1_terminal_r") + 0.1  # RSR' in V1
+    assert median("I-AVB", "pr_ms") > median("Normal", "pr_ms") + 30
 
 
-def test_baseline_runs_on_real_records(data_dir, tmp_path):
-    from federated.baseline import main
+def test_expert_features_never_raise_on_bad_signals():
+    flat = expert_features(np.zeros((12, 5000)), 500.0)
+    assert list(flat) == list(EXPERT_NAMES) and all(math.isnan(v) for v in flat.values())
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(12, 5000))
+    noise[3, 100:200] = np.nan
+    noise[5] = np.nan  # a lead that was never recorded
+    out = expert_features(noise, 500.0)  # features or NaN, no exception
+    assert all(isinstance(v, float) for v in out.values())
+    assert all(math.isnan(v) for v in expert_features(np.zeros((12, 300)), 500.0).values())  # 0.6 s
+    with pytest.raises(ValueError, match="12-lead"):
+        expert_features(np.zeros((2, 5000)), 500.0)
 
-    out = tmp_path / "baseline"
-    assert main(["--data", str(data_dir / "cpsc2018"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
-    m = json.loads((out / "metrics.json").read_text())
-    assert {"logreg", "gbm", "features"} <= set(m)
-    for kind in ("logreg", "gbm"):
-        assert set(m[kind]["val"]["per_class"]) == {"AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC"}
-        assert len(m[kind]["thresholds"]) == 6
-    # AF is what RR features see best: on held-out CPSC records it must be well above chance.
-    assert m["logreg"]["test"]["per_class"]["AF"]["auroc"] > 0.8
+
+def test_expert_features_survive_nan_samples_in_a_real_record(cpsc):
+    e = cpsc["Normal"][0]
+    sig = load(e).signal.astype(np.float64)
+    clean = expert_features(sig, e.fs)
+    sig[:, 1000:1100] = np.nan  # a 0.2 s dropout in every lead
+    sig[7] = np.nan
+    broken = expert_features(sig, e.fs)
+    assert abs(broken["hr"] - clean["hr"]) < 5
+    assert math.isfinite(broken["qrs_ms"])
