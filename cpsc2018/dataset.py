@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from cpsc2018.cache import RecordCache
 from cpsc2018.catalog import Entry
-from cpsc2018.preprocess import fit_length, random_crop, window_starts
+from cpsc2018.preprocess import EVAL_MAX_WINDOWS, fit_length, random_crop, window_starts
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 
@@ -75,7 +75,7 @@ class EvalWindows(Dataset):
         cache: RecordCache,
         targets: np.ndarray,
         indices: Sequence[int] | None = None,
-        max_windows: int | None = 6,
+        max_windows: int | None = EVAL_MAX_WINDOWS,
         feature_fn: FeatureFn | None = None,
     ) -> None:
         self.cache = cache

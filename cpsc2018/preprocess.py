@@ -82,6 +82,12 @@ class PreprocessConfig:
         return cls(**data)
 
 
+# Evaluation, calibration and the app score a record on at most this many evenly spaced windows and
+# take the maximum probability: 6 x 10 s covers every PTB-XL/Georgia/Chapman record and all but the
+# longest CPSC2018 ones (up to 60 s), while bounding the work per record on a phone.
+EVAL_MAX_WINDOWS = 6
+
+
 class SignalTooShort(ValueError):
     """The record is shorter than ``min_duration_s``."""
 

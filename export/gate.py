@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cpsc2018.catalog import Entry, load, scan
-from cpsc2018.preprocess import PreprocessConfig, preprocess, windows
+from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, preprocess, windows
 from cpsc2018.records import RecordError
 from cpsc2018.splits import split_by_patient
 from export.runtime import OnnxPredictor
@@ -74,7 +74,7 @@ def gather(ckpt: Checkpoint, data_dir, calibration_records: int = 100, seed: int
     calib = _load([train[i] for i in pick], pre, ckpt.label_set, 2, "calibration records")
     if not calib.windows:
         raise ValueError(f"no usable calibration record under {data_dir}")
-    held = _load(test, pre, ckpt.label_set, 6, "held-out records")
+    held = _load(test, pre, ckpt.label_set, EVAL_MAX_WINDOWS, "held-out records")
     return EvalData(held, np.concatenate(calib.windows), note)
 
 

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from federated.checkpoint import CheckpointError, load_checkpoint
+from federated.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from federated.config import TrainConfig
 from federated.data import Experiment, eval_loader, set_epoch, train_loader
 from federated.engine import evaluate, pos_weight, predict_records, resolve_device, train_one_epoch
 from federated.features_hook import feature_setup
 from federated.metrics import tune_thresholds
-from federated.outputs import make_checkpoint, model_kwargs, rng_state, save, set_rng_state, write_final
+from federated.outputs import make_checkpoint, model_kwargs, rng_state, set_rng_state, write_final
 
 log = logging.getLogger("federated")
 
@@ -113,12 +113,12 @@ def fit(
         score = selection_score(m, val_loss)
         if score > best["score"] or best["epoch"] == 0:
             best = {"score": score, "epoch": epoch}
-            save(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"epoch": epoch}, feature_names))
+            save_checkpoint(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"epoch": epoch}, feature_names))
         state = {
             "epoch": epoch, "history": history, "best": best, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": rng_state(),
         }
-        save(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, state, feature_names))
+        save_checkpoint(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, state, feature_names))
     return finish(cfg, exp, out, history, test_idx, feature_fn, x_key="epoch")
 
 
@@ -134,6 +134,6 @@ def finish(cfg: TrainConfig, exp: Experiment, out: Path, history: list[dict], te
         test_targets = exp.targets[test_idx]
         metrics["test"] = evaluate(test_probs, test_targets, exp.labels, best_ckpt.thresholds)
         best_ckpt.metrics = {"val": best_ckpt.metrics["val"], "test": metrics["test"]}
-        save(out / "best.pt", best_ckpt)
+        save_checkpoint(out / "best.pt", best_ckpt)
     write_final(out, cfg, history, metrics, test_probs, test_targets, best_ckpt.thresholds, list(exp.labels), x_key)
     return metrics

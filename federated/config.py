@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from cpsc2018.preprocess import EVAL_MAX_WINDOWS
 from cpsc2018.util import default_data_dir
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
@@ -49,7 +50,7 @@ class TrainConfig:
     cache_dir: str = ""
     ptbxl_rate: int = 500
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    max_windows_eval: int = 6
+    max_windows_eval: int = EVAL_MAX_WINDOWS
     # Hybrid models: hand features (cpsc2018.features) fed to the head; 0 = off.
     features: bool = False
 

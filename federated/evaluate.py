@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cpsc2018.catalog import Entry, load, scan
-from cpsc2018.preprocess import PreprocessConfig, preprocess, windows
+from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, preprocess, windows
 from cpsc2018.records import RecordError
 from cpsc2018.util import default_data_dir
 from federated.metrics import cpsc2018_score, multilabel_metrics
@@ -102,7 +102,7 @@ def select_entries(entries: list[Entry], split: str, model: LoadedModel, data: P
     return chosen
 
 
-def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: int = 6, progress: bool = False) -> tuple[np.ndarray, list[Entry], list[dict]]:
+def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: int = EVAL_MAX_WINDOWS, progress: bool = False) -> tuple[np.ndarray, list[Entry], list[dict]]:
     """Record-level probabilities: max over each record's deterministic windows (as in training)."""
     probs, kept, skipped = [], [], []
     for e in tqdm(entries, desc="scoring", unit="rec", disable=not progress):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cpsc2018.util import atomic_write_text
-from federated.checkpoint import Checkpoint, save_checkpoint, versions
+from federated.checkpoint import Checkpoint, versions
 from federated.config import TrainConfig
 from federated.data import Experiment
 from federated.plots import plot_confusions, plot_history, plot_roc_pr
@@ -100,10 +100,6 @@ def write_final(
     if test_probs is not None and test_targets is not None and len(test_targets):
         plot_roc_pr(test_targets, test_probs, labels, out / "roc_pr.png", "held-out test split")
         plot_confusions(test_targets, test_probs, thresholds, labels, out / "confusion.png")
-
-
-def save(path: Path, ckpt: Checkpoint) -> None:
-    save_checkpoint(path, ckpt)
 
 
 def rng_state() -> dict:

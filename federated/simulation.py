@@ -23,13 +23,13 @@ from flwr.simulation import run_simulation
 from torch import nn
 
 from federated.central import SELECT_KEY, check_resume_compatible, finish, selection_score
-from federated.checkpoint import load_checkpoint
+from federated.checkpoint import load_checkpoint, save_checkpoint
 from federated.config import TrainConfig
 from federated.data import Experiment, eval_loader
 from federated.engine import evaluate as score, predict_records, resolve_device
 from federated.flower_apps import app as client_app, load_arrays, nan_aware_average, to_arrays
 from federated.metrics import tune_thresholds
-from federated.outputs import make_checkpoint, model_kwargs, save
+from federated.outputs import make_checkpoint, model_kwargs
 from federated.partition import partition, partition_by_site
 from federated.plan import ClientPlan, write_plan
 
@@ -185,14 +185,14 @@ def make_server_app(
             s = selection_score(m, val_loss)
             if s > state["best"]["score"] or state["best"]["round"] == 0:
                 state["best"] = {"score": s, "round": rnd}
-                save(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"round": rnd}, []))
+                save_checkpoint(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"round": rnd}, []))
             strat = strategy_box["s"]
             progress = {
                 "round": rnd, "history": list(history), "best": state["best"], "clients": state["clients"],
                 "strategy_state": {k: getattr(strat, k) for k in STRATEGY_STATE if getattr(strat, k, None) is not None},
                 "selected_by": SELECT_KEY,
             }
-            save(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, progress, []))
+            save_checkpoint(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, progress, []))
             return MetricRecord({"val_loss": float(val_loss), "val_macro_auroc": float(s if math.isfinite(s) else 0.0)})
 
         strategy = build_strategy(cfg.strategy, len(plans), cfg.proximal_mu, on_evaluate, on_train)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cpsc2018.preprocess import PreprocessConfig, bandpass, notch, preprocess, resample, windows
+from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, notch, preprocess, resample, windows
 from cpsc2018.readers import read_any
 from cpsc2018.records import LEADS, RecordError
 from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME, MetadataError, ModelMeta
@@ -184,7 +184,7 @@ class Classifier:
             x = preprocess(signal, fs, self.pre)
         except ValueError as exc:  # SignalTooShort and friends
             raise ClassifyError(str(exc)) from None
-        w = windows(x, self.pre, max_windows=6)
+        w = windows(x, self.pre, max_windows=EVAL_MAX_WINDOWS)
         feed = {INPUT_NAME: w}
         if self.meta.features:
             from cpsc2018.features import window_features
