@@ -3,7 +3,15 @@
 Downloads a public database as PhysioNet lays it out, verified file by file against the database's
 published ``SHA256SUMS.txt``. Resumable: a file whose checksum already matches is skipped, a partial
 download (``<file>.part``) continues with an HTTP Range request, and a file appears under its final
-name only after its checksum verified. ``--limit N`` fetches the first N records only (for demos).
+name only after its checksum verified; a ``.part`` that is already complete (a run killed after the
+last byte, before the check) is verified and finished, and one that is longer than the file or wrong
+is discarded and fetched again. ``--limit N`` fetches the first N records only (for demos).
+
+File names come from the server's listing, so they are checked before anything is downloaded: a
+listing with any name that is absolute, has a drive letter, a backslash, a ``..`` component or
+otherwise lands outside ``--dest`` is refused as a whole (a mirror that serves such a listing is
+broken or hostile). The check is lexical: links the user placed inside ``--dest`` are followed, the
+server cannot create any.
 
 Sources (PhysioNet, CC BY 4.0):
 
@@ -19,12 +27,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
 
@@ -40,6 +49,10 @@ CHUNK = 1 << 16
 
 class DownloadError(RuntimeError):
     """A download failed; the message names the URL or file and the problem."""
+
+
+class _RangeNotSatisfiable(DownloadError):
+    """HTTP 416 to a resume request: the ``.part`` is already as long as the file (or longer)."""
 
 
 @dataclass
@@ -58,6 +71,8 @@ def _open(url: str, start: int = 0, timeout: float = 30.0):
         try:
             return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
+            if exc.code == 416 and start:
+                raise _RangeNotSatisfiable(f"{url}: HTTP 416 for Range bytes={start}-") from None
             if exc.code < 500:  # 404, 403...: asking again will not help
                 raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
             last = exc
@@ -76,6 +91,36 @@ def parse_sums(text: str) -> dict[str, str]:
         if len(parts) == 2 and len(parts[0]) == 64:
             sums[parts[1].lstrip("*").strip()] = parts[0].lower()
     return sums
+
+
+def unsafe_reason(name: str, dest: Path) -> str | None:
+    """Why ``name`` (from a listing) must not be written under ``dest``, or None if it is safe."""
+    if not name or name in (".", "./"):
+        return "empty name"
+    if any(ord(c) < 32 for c in name):
+        return "control character in the name"
+    if "\\" in name:
+        return "backslash in the name"
+    if PureWindowsPath(name).drive:
+        return "drive letter or UNC share"
+    if PurePosixPath(name).is_absolute():
+        return "absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "'..' component"
+    root = os.path.normpath(os.path.abspath(dest))
+    target = os.path.normpath(os.path.join(root, name))
+    if os.path.commonpath([root, target]) != root or target == root:
+        return "resolves outside the destination"
+    return None
+
+
+def check_names(names: list[str] | dict[str, str], dest: Path, where: str) -> None:
+    """Refuse the whole listing if any name is unsafe; the error names every offending entry."""
+    bad = [(n, r) for n in names if (r := unsafe_reason(n, dest)) is not None]
+    if bad:
+        shown = "; ".join(f"{n} ({r})" for n, r in bad[:10])
+        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DownloadError(f"{where}: unsafe file name(s) refused, nothing was downloaded: {shown}{more}")
 
 
 def select(sums: dict[str, str], source: str, limit: int | None) -> list[str]:
@@ -108,7 +153,17 @@ def fetch(url: str, dest: Path, expected: str, bar: tqdm) -> int:
     """Download one file with resume; verify; rename into place. Returns bytes transferred."""
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.exists() else 0
-    resp = _open(url, start)
+    try:
+        resp = _open(url, start)
+    except _RangeNotSatisfiable:
+        # The .part is at least as long as the file: a run killed after the last byte but before the
+        # check and rename. Finish it if it verifies; otherwise it is junk: start again from byte 0.
+        if sha256(part) == expected:
+            part.replace(dest)
+            return 0
+        part.unlink(missing_ok=True)
+        start = 0
+        resp = _open(url, 0)
     if start and resp.status != 206:  # the server ignored Range: start again
         start = 0
     got = 0
@@ -140,6 +195,7 @@ def download(source: str, dest: Path, base_url: str | None = None, limit: int | 
         sums = parse_sums(resp.read().decode("utf-8", "replace"))
     if not sums:
         raise DownloadError(f"{base}{SUMS_FILE}: no checksum lines found")
+    check_names(list(sums), dest, f"{base}{SUMS_FILE}")  # all of them, before anything is fetched
     files = select(sums, source, limit)
     if not files:
         raise DownloadError(f"{base}{SUMS_FILE} lists no file of source {source}")

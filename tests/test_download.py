@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cpsc2018.download import main
+from cpsc2018.download import DownloadError, main
 
 RANGE_REQUESTS: list[str] = []
 
@@ -29,6 +29,13 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             return super().do_GET()
         RANGE_REQUESTS.append(self.path)
         start = int(rng.split("=")[1].split("-")[0])
+        size = path.stat().st_size
+        if start >= size:  # RFC 9110 15.5.17: a range starting at or past the end is not satisfiable
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = path.read_bytes()[start:]
         self.send_response(206)
         self.send_header("Content-Length", str(len(data)))
@@ -138,3 +145,92 @@ def test_unreachable_or_missing_gives_exit_2_naming_the_url(server, tmp_path, ca
     assert main(["--source", "cpsc2018", "--dest", str(tmp_path / "d"), "--base-url", f"{url}/nothing-here"]) == 2
     err = capsys.readouterr().err
     assert f"{url}/nothing-here/SHA256SUMS.txt" in err and "404" in err
+
+
+def test_complete_part_file_left_by_a_killed_run_is_finished(server, tmp_path):
+    # Killed after the last byte but before the checksum and rename: the server answers 416.
+    site, url = server
+    dest = tmp_path / "dest"
+    rel = "training/cpsc_2018/g1/A0002.mat"
+    full = (site / "challenge" / rel).read_bytes()
+    part = dest / (rel + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(full)
+    assert main(["--source", "cpsc2018", "--dest", str(dest), "--base-url", f"{url}/challenge"]) == 0
+    assert (dest / rel).read_bytes() == full
+    assert not part.exists()
+    assert any(r.endswith("A0002.mat") for r in RANGE_REQUESTS)
+
+
+def test_oversized_wrong_part_file_is_discarded_and_downloaded_again(server, tmp_path):
+    # A .part at least as long as the file but with other bytes: 416, checksum fails, start from 0.
+    site, url = server
+    dest = tmp_path / "dest"
+    rel = "training/cpsc_2018/g1/A0002.mat"
+    full = (site / "challenge" / rel).read_bytes()
+    part = dest / (rel + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * (len(full) + 5))
+    assert main(["--source", "cpsc2018", "--dest", str(dest), "--base-url", f"{url}/challenge"]) == 0
+    assert (dest / rel).read_bytes() == full
+    assert not part.exists()
+
+
+class HostileHandler(http.server.BaseHTTPRequestHandler):
+    """A server that lists unsafe names and answers every path with content (as a hostile mirror would)."""
+
+    listing = b""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = self.listing if self.path.endswith("/SHA256SUMS.txt") else PAYLOAD
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+PAYLOAD = b"escaped\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "bad"),
+    [
+        ("ptbxl", "../escaped.txt"),
+        ("ptbxl", "ABSOLUTE"),  # replaced by an absolute path under tmp_path
+        ("cinc2021", "training/../../x"),
+        ("ptbxl", "records100\\..\\..\\win.txt"),
+        ("ptbxl", "C:/win.txt"),
+    ],
+)
+def test_listing_with_unsafe_names_is_refused_before_any_download(tmp_path, source, bad, capsys):
+    outside = tmp_path / "outside-abs.txt"
+    if bad == "ABSOLUTE":
+        bad = str(outside)
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    good = "training/ok.hea" if source == "cinc2021" else "ptbxl_database.csv"
+    listing = f"{digest}  {good}\n{digest}  {bad}\n".encode()
+    handler = type("Hostile", (HostileHandler,), {"listing": listing})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    dest = tmp_path / "a" / "b" / "dest"
+    try:
+        code = main(["--source", source, "--dest", str(dest), "--base-url", f"http://127.0.0.1:{httpd.server_address[1]}"])
+    finally:
+        httpd.shutdown()
+    err = capsys.readouterr().err
+    written = sorted(str(p) for p in tmp_path.rglob("*") if p.is_file())
+    assert not written, f"files written: {written}"  # not even the good file: refused before downloading
+    assert code == 2
+    assert bad in err and "unsafe" in err
+    assert "Traceback" not in err
+
+
+def test_unsafe_name_error_is_a_download_error_naming_every_entry(tmp_path):
+    from cpsc2018.download import check_names
+
+    with pytest.raises(DownloadError, match=r"\.\./a.*training/\.\./\.\./b"):
+        check_names(["ok/x.hea", "../a", "training/../../b"], tmp_path, "http://127.0.0.1/SHA256SUMS.txt")
