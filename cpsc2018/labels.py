@@ -133,6 +133,16 @@ def detect_code_system(codes: Iterable[str]) -> str:
     return "cpsc_text"
 
 
+def codes_to_ordered_classes(codes: Iterable[str], system: str) -> tuple[str, ...]:
+    """The classes named by a record's codes in the order the source lists them, without repeats.
+
+    Readers keep codes in source order (``REFERENCE.csv`` First/Second/Third_label, the ``#Dx:``
+    line); the CPSC2018 score books a wrong prediction against the *first* label, so order matters.
+    """
+    found = (code_to_class(c, system) for c in codes)
+    return tuple(dict.fromkeys(c for c in found if c is not None))
+
+
 def multi_hot(classes: Iterable[str], label_set: str = "six") -> list[int]:
     """0/1 target vector of a record's classes in the order of ``label_set``."""
     present = set(classes)
@@ -152,3 +162,13 @@ class Labelled:
 
     def targets(self, label_set: str = "six") -> list[int]:
         return multi_hot(self.classes, label_set)
+
+    def ordered_targets(self, label_set: str = "six") -> tuple[int, ...]:
+        """Indices (into ``label_names(label_set)``) of the record's classes, first label first.
+
+        The order is the source's: ``REFERENCE.csv`` columns for original CPSC2018 files, the ``#Dx:``
+        line for WFDB headers. Note that the PhysioNet/CinC 2020-2021 headers do not keep the original
+        First_label (A0043 reads ``#Dx: AF,RBBB`` there, ``5,2`` i.e. RBBB first in REFERENCE.csv).
+        """
+        names = label_names(label_set)
+        return tuple(names.index(c) for c in codes_to_ordered_classes(self.codes, self.code_system) if c in names)

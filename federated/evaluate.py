@@ -134,7 +134,9 @@ def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool =
     result["split"] = split
     result["skipped"] = skipped
     if model.label_set == "cpsc9":
-        result["cpsc2018"] = cpsc2018_score(y, probs.argmax(axis=1), model.labels)
+        # Labels in source order: a wrong prediction is booked against the record's first label.
+        refs = [e.ordered_targets(model.label_set) for e in kept]
+        result["cpsc2018"] = cpsc2018_score(refs, probs.argmax(axis=1), model.labels)
     return result
 
 
@@ -155,6 +157,8 @@ def format_report(r: dict) -> str:
     if "cpsc2018" in r:
         c = r["cpsc2018"]
         lines.append(f"CPSC2018 score: F1 {_fmt(c['F1'])}  Faf {_fmt(c['Faf'])}  Fblock {_fmt(c['Fblock'])}  Fpc {_fmt(c['Fpc'])}  Fst {_fmt(c['Fst'])}")
+        if c.get("records_excluded"):
+            lines.append(f"  {c['records_excluded']} records with none of the nine CPSC2018 labels are not scored (the challenge had none)")
     for s in r.get("skipped", []):
         lines.append(f"  skipped {s['path']}: {s['reason']}")
     return "\n".join(lines)

@@ -8,7 +8,6 @@ and :func:`undefined_reasons` says why, instead of a misleading 0.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -122,30 +121,83 @@ def tune_thresholds(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5) 
 
 
 # --- CPSC2018 official score -------------------------------------------------------------------
-# Liu et al. 2018: per class F1 = 2 * N_jj / (sum_i N_ij + sum_k N_jk) over a 9x9 "confusion" where a
-# record with several reference labels counts as correct when the predicted class is among them
-# (it is then booked on the diagonal of the predicted class). Sub-scores: Faf (AF), Fblock (I-AVB,
-# LBBB, RBBB), Fpc (PAC, PVC), Fst (STD, STE), and the overall mean over the nine classes.
+# Liu et al., J. Med. Imaging Health Inform. 8:1368 (2018), and the challenge's score_py3.py: a 9x9
+# matrix N (rows: reference, columns: predicted class). A prediction among the record's labels is
+# correct and booked N[p, p]; otherwise it is booked against the record's FIRST label (REFERENCE.csv
+# First_label), N[first, p]. Per class F_j = 2 N_jj / (sum_k N_jk + sum_k N_kj); F1 = mean of the nine.
+# Sub-scores pool their classes' counts: Faf = F_AF; Fblock = 2 (N_33+N_44+N_55) / (N_3.+N_.3+N_4.+
+# N_.4+N_5.+N_.5) over I-AVB, LBBB, RBBB; Fpc over PAC, PVC; Fst over STD, STE.
 CPSC9_GROUPS = {"Faf": ("AF",), "Fblock": ("I-AVB", "LBBB", "RBBB"), "Fpc": ("PAC", "PVC"), "Fst": ("STD", "STE")}
 
 
-def cpsc2018_score(y_true: np.ndarray, pred_class: np.ndarray, labels: list[str] | tuple[str, ...]) -> dict:
-    """Official CPSC2018 scoring for single-class predictions ``pred_class`` (index into ``labels``)."""
-    y_true = np.asarray(y_true).astype(bool)
-    pred_class = np.asarray(pred_class, dtype=int)
+def _ordered_references(reference, n_records: int, pred: np.ndarray, n_classes: int) -> list[tuple[int, ...]]:
+    """Per record, its label indices first label first (see :func:`cpsc2018_score`)."""
+    if isinstance(reference, np.ndarray) and reference.ndim == 2:
+        if reference.shape != (n_records, n_classes):
+            raise ValueError(f"expected a multi-hot array of shape ({n_records}, {n_classes}), got {reference.shape}")
+        refs = []
+        for i, (row, p) in enumerate(zip(reference.astype(bool), pred)):
+            idx = tuple(int(k) for k in np.flatnonzero(row))
+            if len(idx) > 1 and p not in idx:
+                raise ValueError(
+                    f"record {i} has {len(idx)} labels and a wrong prediction: the score needs its first label; "
+                    "pass each record's labels in source order (Labelled.ordered_targets), not a multi-hot array"
+                )
+            refs.append(idx)
+        return refs
+    refs = [tuple(int(k) for k in r) for r in reference]
+    if len(refs) != n_records:
+        raise ValueError(f"{len(refs)} references for {n_records} predictions")
+    for r in refs:
+        if any(not 0 <= k < n_classes for k in r):
+            raise ValueError(f"label index out of range 0..{n_classes - 1}: {r}")
+    return refs
+
+
+def cpsc2018_score(reference, pred_class: np.ndarray, labels: list[str] | tuple[str, ...]) -> dict:
+    """Official CPSC2018 score for one predicted class per record (``pred_class``: index into ``labels``).
+
+    ``reference``: per record, the indices of its labels in the source's order, first label first
+    (``Labelled.ordered_targets("cpsc9")``: REFERENCE.csv First/Second/Third_label, or the ``#Dx:``
+    order of a WFDB header). A multi-hot ``(n, 9)`` array is accepted where order cannot matter
+    (single-label records, or a prediction among the labels); otherwise it is a ``ValueError``.
+
+    Records with none of the nine labels are excluded and counted in ``records_excluded``: every
+    CPSC2018 record has a label, so the challenge never scored such a record, and booking it as a
+    correct prediction (a false AF alarm scored as a hit) would inflate the score.
+
+    A class with no record and no prediction has F undefined (NaN, listed under ``undefined``); the
+    challenge's code divides by zero there. F1 averages the defined classes (on the full challenge
+    set all nine are defined, and this equals the official mean).
+    """
+    pred_class = np.asarray(pred_class, dtype=int).reshape(-1)
     n = len(labels)
+    if np.any((pred_class < 0) | (pred_class >= n)):
+        raise ValueError(f"predicted class indices must be in 0..{n - 1}")
+    refs = _ordered_references(reference, len(pred_class), pred_class, n)
     conf = np.zeros((n, n), dtype=int)  # rows: reference class booked, cols: predicted
-    for truth, p in zip(y_true, pred_class):
-        if truth[p]:
+    excluded = 0
+    for ref, p in zip(refs, pred_class):
+        if not ref:
+            excluded += 1
+            continue
+        if p in ref:
             conf[p, p] += 1
         else:
-            ref = int(np.argmax(truth)) if truth.any() else p  # first reference label (REFERENCE.csv order)
-            conf[ref, p] += 1
-    f1 = {}
-    for j, name in enumerate(labels):
-        denom = conf[j, :].sum() + conf[:, j].sum()
-        f1[name] = _safe_div(2 * conf[j, j], denom)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sub = {g: _nanmean([f1[c] for c in cls if c in f1]) for g, cls in CPSC9_GROUPS.items()}
-    return {"f1_per_class": f1, **sub, "F1": _nanmean(list(f1.values()))}
+            conf[ref[0], p] += 1
+
+    def pooled(idx: list[int]) -> float:
+        return _safe_div(2 * sum(conf[j, j] for j in idx), sum(conf[j, :].sum() + conf[:, j].sum() for j in idx))
+
+    f1 = {name: pooled([j]) for j, name in enumerate(labels)}
+    index = {name: j for j, name in enumerate(labels)}
+    sub = {g: pooled([index[c] for c in cls if c in index]) for g, cls in CPSC9_GROUPS.items()}
+    return {
+        "f1_per_class": f1,
+        **sub,
+        "F1": _nanmean(list(f1.values())),
+        "confusion": conf.tolist(),
+        "records_scored": int(conf.sum()),
+        "records_excluded": excluded,
+        "undefined": [name for name, v in f1.items() if math.isnan(v)],
+    }
