@@ -2,8 +2,9 @@
 
 The full CPSC2018 (6,877 records, 6-60 s) and PTB-XL (21,799 x 10 s) at 250 Hz take about 1-2 GB as
 float16, far too much to hold in RAM as float64 but cheap to memory-map: only the windows a batch
-touches are paged in. The cache is keyed by the preprocessing config and the records' files (path,
-size, mtime), so a changed config or file builds a new cache instead of serving stale data. It is
+touches are paged in. The cache is keyed by the preprocessing config and every file each record's
+signal is read from (header and signal files: path, size, mtime, ctime), so a changed config or file
+builds a new cache instead of serving stale data. It is
 written into a temporary folder and renamed into place, so a killed build leaves nothing half-made.
 Pure numpy (no torch): calibration and benchmarks use it too.
 """
@@ -29,11 +30,49 @@ from cpsc2018.records import RecordError
 DEFAULT_CACHE_DIR = Path(os.environ.get("ECG_CACHE", Path.home() / ".cache" / "ecg-lite"))
 
 
+def signal_files(entry: Entry) -> list[Path]:
+    """Every file a record's signal is read from: the header and the signal files it names.
+
+    WFDB (CinC, PTB-XL, MIT-BIH): the ``.hea`` plus each file named on its signal lines (usually one
+    ``.mat``/``.dat``), and ``<stem>.mat``/``<stem>.dat`` beside it should the header be unreadable;
+    the original CPSC2018 format: the ``.mat`` alone (it has no header).
+    """
+    path = Path(entry.path)
+    if path.suffix != ".hea":
+        return [path]
+    files = [path]
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError:
+        lines = []
+    if lines:
+        head = lines[0].split()
+        n_sig = int(head[1]) if len(head) > 1 and head[1].isdigit() else 0
+        for line in lines[1 : 1 + n_sig]:
+            name = line.split()[0]
+            if name != "~" and path.parent / name not in files:  # "~": no file (WFDB null signal)
+                files.append(path.parent / name)
+    if len(files) == 1:
+        files += [p for p in (path.with_suffix(".mat"), path.with_suffix(".dat")) if p.exists()]
+    return files
+
+
 def _fingerprint(entries: Sequence[Entry], cfg: PreprocessConfig) -> str:
+    """Key of a cache: the config plus path, size, mtime and ctime of every file each signal comes from.
+
+    ctime as well as mtime: a signal file replaced by a copy that keeps its source's mtime (``cp -p``,
+    ``shutil.copy2``) and size still gets a new ctime, which no user can set back.
+    """
     h = hashlib.sha256(cfg.to_json().encode())
     for e in entries:
-        st = os.stat(e.path) if os.path.exists(e.path) else None
-        h.update(f"{e.key}|{e.path}|{e.fs}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+        h.update(f"{e.key}|{e.fs}".encode())
+        for f in signal_files(e):
+            try:
+                st = os.stat(f)
+                h.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}".encode())
+            except OSError:
+                h.update(f"|{f}|missing".encode())
+        h.update(b"\n")
     return h.hexdigest()[:20]
 
 
