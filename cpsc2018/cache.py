@@ -1,8 +1,12 @@
-"""Disk cache of preprocessed records: one memory-mapped float16 file per set of records.
+"""Disk cache of preprocessed records: one memory-mapped float32 file per set of records.
 
-The full CPSC2018 (6,877 records, 6-60 s) and PTB-XL (21,799 x 10 s) at 250 Hz take about 1-2 GB as
-float16, far too much to hold in RAM as float64 but cheap to memory-map: only the windows a batch
-touches are paged in. The cache is keyed by the preprocessing config and every file each record's
+Stored as float32, exactly what :func:`cpsc2018.preprocess.preprocess` returns, so that validation and
+test scoring during training (which read the cache) see the same numbers as ``evaluate`` and the app
+(which preprocess afresh): a checkpoint's stored test metrics are reproducible. float16 storage
+changed probabilities by up to 0.023. The disk cost is twice float16's: 12 leads x 250 Hz x 4 bytes
+= 12 kB per second of record, so CPSC2018 (6,877 records, 6-60 s, ~16 s on average) takes about
+1.3 GB and PTB-XL (21,799 x 10 s) about 2.6 GB. Memory stays bounded: the file is memory-mapped and
+only the windows a batch touches are paged in. The cache is keyed by the preprocessing config and every file each record's
 signal is read from (header and signal files: path, size, mtime, ctime), so a changed config or file
 builds a new cache instead of serving stale data. It is
 written into a temporary folder and renamed into place, so a killed build leaves nothing half-made.
@@ -28,6 +32,9 @@ from cpsc2018.preprocess import PreprocessConfig, preprocess
 from cpsc2018.records import RecordError
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("ECG_CACHE", Path.home() / ".cache" / "ecg-lite"))
+# float32: the dtype preprocess() returns (see the module docstring for why not float16).
+DTYPE = np.float32
+SIGNALS_FILE = "signals.f32"
 
 
 def signal_files(entry: Entry) -> list[Path]:
@@ -64,6 +71,7 @@ def _fingerprint(entries: Sequence[Entry], cfg: PreprocessConfig) -> str:
     ``shutil.copy2``) and size still gets a new ctime, which no user can set back.
     """
     h = hashlib.sha256(cfg.to_json().encode())
+    h.update(f"|{np.dtype(DTYPE).name}\n".encode())  # a float16 cache of the same records is another cache
     for e in entries:
         h.update(f"{e.key}|{e.fs}".encode())
         for f in signal_files(e):
@@ -78,7 +86,7 @@ def _fingerprint(entries: Sequence[Entry], cfg: PreprocessConfig) -> str:
 
 @dataclass
 class RecordCache:
-    """Preprocessed records, each ``(n_leads, T_i)``, stored back to back in one float16 memmap."""
+    """Preprocessed records, each ``(n_leads, T_i)``, stored back to back in one float32 memmap."""
 
     folder: Path
     keys: list[str]
@@ -87,6 +95,10 @@ class RecordCache:
     n_leads: int
     cfg: PreprocessConfig
     skipped: list[dict]
+    # Caches written before float32 storage (no "dtype" in their index) are float16 in signals.f16;
+    # plans that point at one still open it.
+    dtype: str = "float32"
+    file: str = SIGNALS_FILE
     _data: np.memmap | None = None
 
     @classmethod
@@ -122,7 +134,7 @@ class RecordCache:
         lengths: list[int] = []
         skipped: list[dict] = []
         n_leads = None
-        with open(tmp / "signals.f16", "wb") as fh:
+        with open(tmp / SIGNALS_FILE, "wb") as fh:
             for e in tqdm(entries, desc="preprocessing", unit="rec", disable=not progress):
                 try:
                     x = preprocess(load(e).signal, e.fs, cfg)
@@ -134,10 +146,18 @@ class RecordCache:
                 if x.shape[0] != n_leads:
                     skipped.append({"key": e.key, "path": e.path, "reason": f"{x.shape[0]} leads, cache holds {n_leads}"})
                     continue
-                fh.write(x.astype(np.float16).tobytes())
+                fh.write(np.ascontiguousarray(x, dtype=DTYPE).tobytes())
                 keys.append(e.key)
                 lengths.append(int(x.shape[1]))
-        index = {"keys": keys, "lengths": lengths, "n_leads": n_leads or 0, "cfg": cfg.to_dict(), "skipped": skipped}
+        index = {
+            "keys": keys,
+            "lengths": lengths,
+            "n_leads": n_leads or 0,
+            "cfg": cfg.to_dict(),
+            "skipped": skipped,
+            "dtype": np.dtype(DTYPE).name,
+            "file": SIGNALS_FILE,
+        }
         (tmp / "index.json").write_text(json.dumps(index))
 
     @classmethod
@@ -147,7 +167,17 @@ class RecordCache:
         lengths = np.asarray(index["lengths"], dtype=np.int64)
         n_leads = int(index["n_leads"])
         offsets = np.concatenate([[0], np.cumsum(lengths * n_leads)[:-1]]).astype(np.int64) if len(lengths) else lengths
-        return cls(folder, list(index["keys"]), offsets, lengths, n_leads, PreprocessConfig.from_dict(index["cfg"]), index["skipped"])
+        return cls(
+            folder,
+            list(index["keys"]),
+            offsets,
+            lengths,
+            n_leads,
+            PreprocessConfig.from_dict(index["cfg"]),
+            index["skipped"],
+            dtype=index.get("dtype", "float16"),
+            file=index.get("file", "signals.f16"),
+        )
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -161,6 +191,6 @@ class RecordCache:
     def get(self, i: int) -> np.ndarray:
         """Record ``i`` as float32 ``(n_leads, T_i)``."""
         if self._data is None:
-            self._data = np.memmap(self.folder / "signals.f16", dtype=np.float16, mode="r")
+            self._data = np.memmap(self.folder / self.file, dtype=np.dtype(self.dtype), mode="r")
         start, t = int(self.offsets[i]), int(self.lengths[i])
         return np.asarray(self._data[start : start + self.n_leads * t], dtype=np.float32).reshape(self.n_leads, t)
