@@ -85,6 +85,17 @@ def load(entry: Entry) -> Record:
     return read_wfdb(entry.path)
 
 
+def ptbxl_rates_read(entries: Iterable[Entry]) -> dict[str, dict[str, int]]:
+    """PTB-XL folder -> {sampling rate read (Hz, as text): recordings}. ``scan`` reads the rate asked
+    where a folder has it and the other rate where only that one exists (``ptbxl_extra/``: 100 Hz)."""
+    out: dict[str, dict[str, int]] = {}
+    for e in entries:
+        if e.source_format == "ptbxl":
+            rates = out.setdefault(str(e.ptbxl_root), {})
+            rates[f"{e.fs:g}"] = rates.get(f"{e.fs:g}", 0) + 1
+    return dict(sorted(out.items()))
+
+
 def _entry(rec: Record, **extra: object) -> Entry:
     return Entry(
         record_id=rec.record_id,

@@ -36,6 +36,8 @@ def run_export(
     log=print,
 ) -> dict:
     ckpt = load_checkpoint(checkpoint)
+    # Older checkpoints: write the resolved data options into the split that the ONNX metadata copies.
+    ckpt.split = {**ckpt.split, "data_options": ckpt.data_options}
     try:
         ckpt.build_model()
     except CheckpointError as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.catalog import Entry, load, ptbxl_rates_read, scan
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, preprocess, windows
 from cpsc2018.records import RecordError
 from cpsc2018.splits import split_by_patient
@@ -53,7 +53,8 @@ def _load(entries: list[Entry], pre: PreprocessConfig, label_set: str, max_windo
 def gather(ckpt: Checkpoint, data_dir, calibration_records: int = 100, seed: int = 0) -> EvalData:
     """Held-out records (the checkpoint's test split) and calibration windows (its training split)."""
     pre = PreprocessConfig.from_dict(ckpt.preprocess)
-    entries = [e for e in scan(data_dir, progress=False).entries if e.n_leads == 12]
+    rate = int(ckpt.data_options["ptbxl_rate"])  # read records as training did (DESIGN: one source)
+    entries = [e for e in scan(data_dir, ptbxl_rate=rate, progress=False).entries if e.n_leads == 12]
     if not entries:
         raise ValueError(f"no readable 12-lead record under {data_dir} for calibration")
     test_ids = set(ckpt.split.get("test_ids", []))
@@ -75,7 +76,17 @@ def gather(ckpt: Checkpoint, data_dir, calibration_records: int = 100, seed: int
     if not calib.windows:
         raise ValueError(f"no usable calibration record under {data_dir}")
     held = _load(test, pre, ckpt.label_set, EVAL_MAX_WINDOWS, "held-out records")
+    note += "; " + rates_note(entries, rate)
     return EvalData(held, np.concatenate(calib.windows), note)
+
+
+def rates_note(entries: list[Entry], asked: int) -> str:
+    """Which PTB-XL rate was read in each folder (a folder with one rate only gives that one)."""
+    read = ptbxl_rates_read(entries)
+    if not read:
+        return f"PTB-XL rate {asked} Hz (no PTB-XL folder here)"
+    parts = [f"{folder} at {' and '.join(f'{hz} Hz' for hz in sorted(rates))}" for folder, rates in read.items()]
+    return f"PTB-XL read at the model's {asked} Hz where present: " + ", ".join(parts)
 
 
 def record_probs(predictor: OnnxPredictor, records: RecordSet) -> np.ndarray:

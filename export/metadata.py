@@ -3,6 +3,13 @@
 Stored as ``metadata_props`` (string key -> string value; structured values as JSON). Read with
 onnxruntime's ``InferenceSession.get_modelmeta().custom_metadata_map`` or onnx's ``metadata_props``.
 Imports only the standard library: the phone app reads it.
+
+Data options: the scan options that change what a record reads as (today the PTB-XL sampling rate,
+``--ptbxl-rate``) travel inside ``split["data_options"]`` of the checkpoint and of this metadata, so
+that ``evaluate``, the export gate, calibration and ``mobile_app.classify --held-out`` read the
+held-out records exactly as training did. Files written before the options were recorded read as
+:data:`DATA_OPTION_DEFAULTS` (500 Hz: what evaluate and the gate always read then); checkpoints of
+that time fall back first to their training config's ``ptbxl_rate``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,15 @@ FORMAT_VERSION = "1"
 INPUT_NAME = "ecg"  # float32 [batch, 12, samples], dynamic batch
 FEATURES_INPUT_NAME = "features"  # float32 [batch, n_features], only for hybrid models
 OUTPUT_NAME = "probabilities"  # float32 [batch, n_classes], after a sigmoid
+
+
+# Defaults for files that predate a data option (see the module docstring).
+DATA_OPTION_DEFAULTS: dict[str, object] = {"ptbxl_rate": 500}
+
+
+def resolve_data_options(recorded: Mapping | None) -> dict:
+    """The recorded data options over the defaults (unknown keys are kept: a newer writer's)."""
+    return {**DATA_OPTION_DEFAULTS, **(dict(recorded) if recorded else {})}
 
 
 class MetadataError(ValueError):
@@ -32,9 +48,14 @@ class ModelMeta:
     output: str = "probabilities"  # what OUTPUT_NAME holds: "probabilities" (sigmoid applied)
     features: list[str] = field(default_factory=list)  # hybrid models: names of the hand features
     metrics: dict = field(default_factory=dict)  # validation/test metrics of the checkpoint
-    split: dict = field(default_factory=dict)  # seed and held-out record ids (export gate, evaluate)
+    split: dict = field(default_factory=dict)  # seed, val/test record ids, data_options (gate, evaluate)
     quantization: dict = field(default_factory=dict)  # {} for fp32; method, calibration for int8
     version: str = FORMAT_VERSION
+
+    @property
+    def data_options(self) -> dict:
+        """How the model's records were read (``split["data_options"]``; defaults for older files)."""
+        return resolve_data_options(self.split.get("data_options"))
 
     def to_props(self) -> dict[str, str]:
         return {

@@ -11,7 +11,11 @@ A checkpoint is a ``torch.save``d dict with these keys:
 * ``thresholds``: per-class probability thresholds tuned on the validation split
 * ``features``: names of the hand features a hybrid model takes (empty otherwise)
 * ``metrics``: {"val": {...}, "test": {...}} as computed at save time
-* ``config``: the resolved training config; ``split``: {"seed", "val_ids", "test_ids", "data"}
+* ``config``: the resolved training config; ``split``: {"seed", "fractions", "data", "val_ids", "test_ids",
+  "data_options", "ptbxl_rates_read"}. ``data_options`` ({"ptbxl_rate": 100|500}) are the scan options
+  that change what a record reads as: evaluate, the export gate, calibration and the app read records
+  with them. Checkpoints saved before it read as their ``config["ptbxl_rate"]``, else 500 Hz (the
+  ``Checkpoint.data_options`` property resolves this; ``export.metadata.DATA_OPTION_DEFAULTS``).
 * ``versions``: torch/flwr/python versions; ``progress``: epoch or round reached, and for ``last.pt``
   the optimizer/scheduler/RNG/server-strategy state that ``--resume`` needs.
 
@@ -53,6 +57,16 @@ class Checkpoint:
     split: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     progress: dict = field(default_factory=dict)
+
+    @property
+    def data_options(self) -> dict:
+        """Scan options the model's records were read with (see the module docstring for old files)."""
+        from export.metadata import resolve_data_options  # standard library only
+
+        recorded = self.split.get("data_options")
+        if recorded is None and "ptbxl_rate" in self.config:
+            recorded = {"ptbxl_rate": self.config["ptbxl_rate"]}
+        return resolve_data_options(recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **self.__dict__}

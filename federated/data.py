@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cpsc2018.cache import DEFAULT_CACHE_DIR, RecordCache
-from cpsc2018.catalog import Entry, scan
+from cpsc2018.catalog import Entry, ptbxl_rates_read, scan
 from cpsc2018.dataset import EvalWindows, FeatureFn, TrainWindows, cache_targets
 from cpsc2018.labels import label_names
 from cpsc2018.preprocess import PreprocessConfig
@@ -71,6 +71,9 @@ def prepare(cfg: TrainConfig, pre: PreprocessConfig | None = None, progress: boo
         "data": str(root),
         "val_ids": [entries[i].key for i in split["val"]],
         "test_ids": [entries[i].key for i in split["test"]],
+        # What changes how a record reads: evaluate, the export gate and the app scan with it.
+        "data_options": {"ptbxl_rate": cfg.ptbxl_rate},
+        "ptbxl_rates_read": ptbxl_rates_read(twelve),
     }
     return Experiment(pre, labels, entries, cache, targets, split, info)
 

@@ -5,6 +5,10 @@ preprocessing read from its metadata) on records under DIR: the held-out test re
 model (``--split test``) or every readable 12-lead record (``--split all``). Reports per class and
 macro F1, sensitivity, specificity, precision, AUROC, AUPRC, subset accuracy and Hamming loss; for
 ``cpsc9`` models also the official CPSC2018 score (top-1 class per record).
+
+Records are read with the model's data options (``split["data_options"]``: the PTB-XL rate it was
+trained at; older files default to 500 Hz, see ``export.metadata``), and the report says which rate
+was read in each PTB-XL folder (a folder with one rate only is read at that rate).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.catalog import Entry, load, ptbxl_rates_read, scan
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, preprocess, windows
 from cpsc2018.records import RecordError
 from cpsc2018.util import default_data_dir
@@ -42,6 +46,7 @@ class LoadedModel:
     pre: PreprocessConfig
     split: dict
     description: str
+    data_options: dict
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -58,7 +63,7 @@ def load_model(path: Path) -> LoadedModel:
         predictor = OnnxPredictor(str(path))
         return LoadedModel(
             predictor.predict_windows, meta.labels, meta.label_set, meta.thresholds,
-            PreprocessConfig.from_dict(meta.preprocess), meta.split, f"ONNX {meta.model_name}",
+            PreprocessConfig.from_dict(meta.preprocess), meta.split, f"ONNX {meta.model_name}", meta.data_options,
         )
     import torch
 
@@ -83,7 +88,9 @@ def load_model(path: Path) -> LoadedModel:
         logits = model(x, torch.from_numpy(feature_fn(w))) if feature_fn else model(x)
         return torch.sigmoid(logits).numpy()
 
-    return LoadedModel(predict, ckpt.labels, ckpt.label_set, ckpt.thresholds, pre, ckpt.split, f"checkpoint {ckpt.model_name}")
+    return LoadedModel(
+        predict, ckpt.labels, ckpt.label_set, ckpt.thresholds, pre, ckpt.split, f"checkpoint {ckpt.model_name}", ckpt.data_options,
+    )
 
 
 def select_entries(entries: list[Entry], split: str, model: LoadedModel, data: Path) -> list[Entry]:
@@ -118,8 +125,9 @@ def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: 
 
 def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool = False) -> dict:
     model = load_model(path)
+    rate = int(model.data_options["ptbxl_rate"])
     try:
-        catalog = scan(data, progress=progress)
+        catalog = scan(data, ptbxl_rate=rate, progress=progress)
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from None
     entries = select_entries(catalog.entries, split, model, data)
@@ -133,6 +141,8 @@ def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool =
     result["model"] = model.description
     result["split"] = split
     result["skipped"] = skipped
+    result["ptbxl_rate"] = rate
+    result["ptbxl_rates_read"] = ptbxl_rates_read(kept)
     if model.label_set == "cpsc9":
         # Labels in source order: a wrong prediction is booked against the record's first label.
         refs = [e.ordered_targets(model.label_set) for e in kept]
@@ -152,6 +162,9 @@ def format_report(r: dict) -> str:
         lines.append(f"{name:<8}" + "".join(f"{_fmt(m[k]):>12}" for k in keys) + f"{m['positives']:>6}")
     lines.append(f"{'macro':<8}" + "".join(f"{_fmt(r['macro'][k]):>12}" for k in keys))
     lines.append(f"\nsubset accuracy {_fmt(r['subset_accuracy'])}, Hamming loss {_fmt(r['hamming_loss'])}")
+    for folder, rates in r.get("ptbxl_rates_read", {}).items():
+        read = ", ".join(f"{n} at {hz} Hz" for hz, n in sorted(rates.items()))
+        lines.append(f"PTB-XL {folder}: read at {' and '.join(f'{hz} Hz' for hz in sorted(rates))} ({read}; the model asks {r['ptbxl_rate']} Hz)")
     for name, why in r.get("undefined", {}).items():
         lines.append(f"  {name}: {why}")
     if "cpsc2018" in r:

@@ -16,7 +16,8 @@ def held_out_record(clf: Classifier, data: Path) -> Path:
 
     wanted = set(clf.meta.split.get("test_ids", []))
     try:
-        entries = scan(data, progress=False).entries
+        # The records as the model read them in training (its recorded PTB-XL rate).
+        entries = scan(data, ptbxl_rate=int(clf.meta.data_options["ptbxl_rate"]), progress=False).entries
     except FileNotFoundError as exc:
         raise ClassifyError(str(exc)) from None
     for e in entries:
