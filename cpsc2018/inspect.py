@@ -4,7 +4,11 @@ Prints records per source (site) and per label, and the files that could not be 
 reason. The JSON (``--json``) is::
 
     {"records": <int>, "by_source": {"<site>": <int>}, "labels": {"AF": <int>, ...},
+     "ptbxl_folders": {"<PTB-XL folder>": {"records": <int>, "rates": [<Hz read>, ...]}},
      "unreadable": [{"path": "<path>", "reason": "<text>"}]}
+
+A PTB-XL folder is read at ``--ptbxl-rate`` where its files exist at that rate, else at the rate present
+(a download with ``records100/`` only is read at 100 Hz whatever was asked); the table says which.
 """
 
 from __future__ import annotations
@@ -29,8 +33,24 @@ def summary(catalog: Catalog) -> dict:
         "records": len(catalog.entries),
         "by_source": dict(sorted(Counter(e.site for e in catalog.entries).items())),
         "labels": {name: int(labels.get(name, 0)) for name in SIX},
+        "ptbxl_folders": ptbxl_folders(catalog),
         "unreadable": [{"path": u.path, "reason": u.reason} for u in catalog.unreadable],
     }
+
+
+def ptbxl_folders(catalog: Catalog) -> dict[str, dict]:
+    """Records and the sampling rates actually read, per PTB-XL folder (relative to the data root)."""
+    out: dict[str, dict] = {}
+    for e in catalog.entries:
+        if e.source_format == "ptbxl" and e.ptbxl_root:
+            try:
+                name = str(Path(e.ptbxl_root).relative_to(catalog.root))
+            except ValueError:
+                name = e.ptbxl_root
+            folder = out.setdefault(name, {"records": 0, "rates": set()})
+            folder["records"] += 1
+            folder["rates"].add(int(e.fs))
+    return {k: {"records": v["records"], "rates": sorted(v["rates"])} for k, v in sorted(out.items())}
 
 
 def format_table(s: dict, catalog: Catalog) -> str:
@@ -40,6 +60,8 @@ def format_table(s: dict, catalog: Catalog) -> str:
         lines.append(f"{site:<16}{n:>8}  {', '.join(map(str, rates))}")
     lines += ["", f"{'label':<16}{'records':>8}"]
     lines += [f"{name:<16}{n:>8}" for name, n in s["labels"].items()]
+    for folder, f in s["ptbxl_folders"].items():
+        lines.append(f"  PTB-XL folder {folder}: {f['records']} records read at {', '.join(map(str, f['rates']))} Hz")
     lines += ["", f"unreadable: {len(s['unreadable'])}"]
     lines += [f"  {u['path']}: {u['reason']}" for u in s["unreadable"]]
     return "\n".join(lines)
@@ -66,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     s = summary(catalog)
     print(format_table(s, catalog))
+    for folder, f in s["ptbxl_folders"].items():
+        if args.ptbxl_rate not in f["rates"]:
+            rates = ", ".join(map(str, f["rates"]))
+            print(f"note: PTB-XL folder {folder} has no {args.ptbxl_rate} Hz files (--ptbxl-rate); read at {rates} Hz")
     if args.preprocess:
         cfg = PreprocessConfig()
         twelve = [e for e in catalog.entries if e.n_leads == 12]

@@ -179,13 +179,19 @@ def test_inspect_missing_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_inspect_real_data_matches_readme(data_dir, tmp_path):
+def test_inspect_real_data_matches_readme(data_dir, tmp_path, capsys):
     out = tmp_path / "s.json"
     assert inspect_main(["--data", str(data_dir), "--json", str(out)]) == 0
     s = json.loads(out.read_text())
-    assert s["labels"] == {"AF": 35, "I-AVB": 19, "LBBB": 15, "RBBB": 35, "PAC": 34, "PVC": 31}
-    assert s["records"] == 685
+    # ../shared/data/README.md: 2,648 12-lead records (AF 182, I-AVB 92, LBBB 60, RBBB 70, PAC 70, PVC 137)
+    # and 23 MIT-BIH records.
+    assert s["labels"] == {"AF": 182, "I-AVB": 92, "LBBB": 60, "RBBB": 70, "PAC": 70, "PVC": 137}
+    assert s["records"] == 2671
     assert s["by_source"] == {
-        "CPSC-Extra": 8, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "MIT-BIH": 23, "PTB": 8, "PTB-XL": 422,
+        "CPSC-Extra": 8, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "MIT-BIH": 23, "PTB": 8, "PTB-XL": 2408,
     }
     assert s["unreadable"] == []
+    # ptbxl_extra/ has records100/ only: read at 100 Hz although 500 Hz was asked, and said so.
+    assert s["ptbxl_folders"]["ptbxl_extra"] == {"records": 1986, "rates": [100]}
+    assert s["ptbxl_folders"]["ptbxl"] == {"records": 400, "rates": [500]}
+    assert "ptbxl_extra has no 500 Hz files" in capsys.readouterr().out

@@ -8,15 +8,15 @@ from federated.partition import partition, partition_by_site, partition_dirichle
 
 
 @pytest.fixture(scope="module")
-def entries(data_dir):
-    return [e for e in scan(data_dir, progress=False).entries if e.n_leads == 12]
+def entries(twelve_lead_entries):
+    return twelve_lead_entries
 
 
 def test_site_partition_matches_decisions(entries):
     clients, log = partition_by_site(entries)
     sizes = {k: len(v) for k, v in clients.items()}
-    # DECISIONS.md: CPSC2018 129, PTB-XL 422, Chapman/Ningbo 71, Georgia 24; CPSC-Extra 8 + PTB 8 -> other
-    assert sizes == {"PTB-XL": 422, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "other": 16}
+    # DECISIONS.md: CPSC2018 129, PTB-XL 2,408, Chapman/Ningbo 71, Georgia 24; CPSC-Extra 8 + PTB 8 -> other
+    assert sizes == {"PTB-XL": 2408, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "other": 16}
     assert any("CPSC-Extra (8)" in line and "PTB (8)" in line for line in log)
 
 

@@ -1,0 +1,88 @@
+"""`make apt-test`, the first step of `make test` on a fresh machine, run for real against stand-in tools.
+
+The recipe is executed by make exactly as a user runs it; only apt-get, dpkg-query, id and sudo are
+stand-ins on PATH that log what they were asked (the real install runs in CI with FORCE=1 and is then
+used by the app's screen test). This catches the bug where `$SUDO VAR=value apt-get` with SUDO empty
+(root) ran `VAR=value` as a command and no test ever executed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("bash", "sh", "make", "env", "grep", "cat", "echo", "printf", "chmod", "true")
+
+
+def _stand_ins(tmp: Path, *, uid: int, installed: bool) -> dict[str, str]:
+    """A PATH holding the real shell tools and logging stand-ins for the package tools."""
+    bin_ = tmp / "bin"
+    bin_.mkdir()
+    for tool in TOOLS:
+        real = shutil.which(tool)
+        if real:
+            (bin_ / tool).symlink_to(real)
+    log = tmp / "log"
+    scripts = {
+        # The install "works": it logs its environment and arguments and makes xvfb-run appear.
+        "apt-get": f'echo "apt-get DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> {log}\n'
+        f'case "$*" in *install*) printf "#!/bin/sh\\nexit 0\\n" > {bin_}/xvfb-run; chmod +x {bin_}/xvfb-run;; esac\n',
+        "dpkg-query": f'echo "install ok installed"; exit 0\n' if installed else "exit 1\n",
+        "id": f"echo {uid}\n",
+        "sudo": f'echo "sudo $*" >> {log}\nexec "$@"\n',
+    }
+    if installed:
+        scripts["xvfb-run"] = "exit 0\n"
+    for name, body in scripts.items():
+        path = bin_ / name
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "FORCE")}
+    env["PATH"] = str(bin_)
+    return env
+
+
+def _run(tmp: Path, *args: str, uid: int, installed: bool) -> tuple[subprocess.CompletedProcess, str]:
+    env = _stand_ins(tmp, uid=uid, installed=installed)
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "apt-test", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+    log = tmp / "log"
+    return proc, log.read_text() if log.exists() else ""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("uid", [0, 1000], ids=["root", "user-with-sudo"])
+def test_apt_test_installs_when_packages_are_missing(tmp_path, uid):
+    proc, log = _run(tmp_path, uid=uid, installed=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "command not found" not in proc.stderr
+    installs = [line for line in log.splitlines() if line.startswith("apt-get") and " install " in f" {line} "]
+    assert installs, log
+    assert "DEBIAN_FRONTEND=noninteractive" in installs[0]
+    for pkg in ("xvfb", "xauth", "libmtdev1", "libgl1-mesa-dri"):
+        assert pkg in installs[0]
+    assert ("sudo env DEBIAN_FRONTEND=noninteractive apt-get" in log) == (uid != 0), log
+    assert (tmp_path / "bin" / "xvfb-run").exists()
+    assert "could not install" not in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_apt_test_force_installs_even_when_everything_is_there(tmp_path):
+    (tmp_path / "plain").mkdir()
+    proc, log = _run(tmp_path / "plain", uid=0, installed=True)
+    assert proc.returncode == 0, proc.stderr
+    assert log == "", "nothing missing and no FORCE: nothing to install"
+    (tmp_path / "forced").mkdir()
+    proc, log = _run(tmp_path / "forced", "FORCE=1", uid=0, installed=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "apt-get DEBIAN_FRONTEND=noninteractive install -y -qq xvfb" in log, log
+
+
+def test_ci_forces_the_install_step():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test FORCE=1" in ci
