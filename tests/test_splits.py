@@ -11,8 +11,8 @@ from cpsc2018.splits import split_by_patient, split_by_site
 
 
 @pytest.fixture(scope="module")
-def entries(data_dir):
-    return [e for e in scan(data_dir, progress=False).entries if e.n_leads == 12]
+def entries(twelve_lead_entries):
+    return twelve_lead_entries
 
 
 def test_no_patient_in_two_splits(entries):
@@ -63,5 +63,43 @@ def test_bad_fractions(entries):
 def test_split_by_site(entries):
     sites = split_by_site(entries)
     assert {k: len(v) for k, v in sites.items()} == {
-        "CPSC-Extra": 8, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "PTB": 8, "PTB-XL": 422,
+        "CPSC-Extra": 8, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "PTB": 8, "PTB-XL": 2408,
     }
+
+
+def test_patient_folds_partition_records_and_keep_patients_apart(entries):
+    from cpsc2018.splits import patient_folds
+
+    folds = patient_folds(entries, k=5, seed=0)
+    assert len(folds) == 5
+    tested = [e.key for f in folds for e in f["test"]]
+    assert sorted(tested) == sorted(e.key for e in entries), "test parts must partition the records"
+    for f in folds:
+        owner: dict[str, str] = {}
+        for part, es in f.items():
+            for e in es:
+                assert owner.setdefault(e.patient_id, part) == part, (e.patient_id, part)
+        assert len(f["train"]) + len(f["val"]) + len(f["test"]) == len(entries)
+        assert 0.1 < len(f["val"]) / (len(f["train"]) + len(f["val"])) < 0.2
+
+
+def test_patient_folds_stratified_and_deterministic(entries):
+    from cpsc2018.splits import patient_folds
+
+    a = patient_folds(entries, k=5, seed=0)
+    b = patient_folds(entries, k=5, seed=0)
+    assert [[e.key for e in f["test"]] for f in a] == [[e.key for e in f["test"]] for f in b]
+    total = np.sum([e.targets("six") for e in entries], axis=0)
+    for f in a:
+        got = np.sum([e.targets("six") for e in f["test"]], axis=0)
+        # Each label's positives spread evenly: every fold within a few records of a fifth.
+        assert np.all(np.abs(got - total / 5) <= np.maximum(3, 0.1 * total)), (got, total)
+
+
+def test_patient_folds_bad_arguments(entries):
+    from cpsc2018.splits import patient_folds
+
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        patient_folds(entries, k=1)
+    with pytest.raises(ValueError, match="cannot fill"):
+        patient_folds(entries[:3], k=5)
