@@ -142,7 +142,7 @@ def read_wfdb(hea: Path | str, *, site: str | None = None, patient_id: str | Non
     dx = [c for c in meta.get("dx", "").replace(";", ",").split(",") if c.strip()]
     record_id = hea.stem
     return Record(
-        signal=check_signal(signal, hea),
+        signal=check_signal(signal, hea, fs=float(rec.fs)),
         fs=float(rec.fs),
         leads=LEADS,
         record_id=record_id,
@@ -204,7 +204,7 @@ def read_cpsc_mat(mat: Path | str, reference: dict[str, tuple[str, ...]] | None 
     record_id = mat.stem
     sex = getattr(ecg, "sex", None)
     return Record(
-        signal=check_signal(data, mat),
+        signal=check_signal(data, mat, fs=500.0),
         fs=500.0,  # the original challenge: every record at 500 Hz (Liu et al. 2018)
         leads=LEADS,
         record_id=record_id,
@@ -258,7 +258,7 @@ def read_ptbxl(root: Path | str, ecg_id: int, *, rate: int = 500) -> Record:
     codes = tuple(sorted(parse_scp_codes(row["scp_codes"], root / "ptbxl_database.csv")))
     pid = row.get("patient_id", "")
     return Record(
-        signal=check_signal(signal, hea),
+        signal=check_signal(signal, hea, fs=float(rec.fs)),
         fs=float(rec.fs),
         leads=LEADS,
         record_id=f"ptbxl-{int(ecg_id):05d}",
@@ -310,7 +310,7 @@ def read_mitbih(hea: Path | str) -> Record:
             raise RecordError(atr, f"beat annotations cannot be read ({type(exc).__name__}: {exc})") from None
         beats = Beats(samples=np.asarray(ann.sample, dtype=np.int64), symbols=tuple(ann.symbol))
     return Record(
-        signal=check_signal(signal, hea),
+        signal=check_signal(signal, hea, fs=float(rec.fs)),
         fs=float(rec.fs),
         leads=tuple(rec.sig_name or []),
         record_id=f"mitbih-{hea.stem}",

@@ -79,11 +79,29 @@ def to_standard_order(signal: np.ndarray, names: list[str] | tuple[str, ...], pa
     return signal[[canon.index(lead) for lead in LEADS]]
 
 
-def check_signal(signal: np.ndarray, path: Path | str) -> np.ndarray:
-    """Final checks shared by all readers: non-empty, some real signal; returns float32.
+# When a record has too little real signal to classify. The app reported confident diseases for a
+# record that was NaN except for 2 samples: preprocessing interpolates NaN, so it invented a signal.
+# A lead is usable when at least half of its samples are finite: up to half can be a dropout that
+# linear interpolation bridges without inventing beats that dominate the lead.
+MIN_FINITE_FRACTION = 0.5
+# And, when the sampling rate is known, when it has at least 2 s of finite samples: fewer than 2 s
+# hold 1-3 beats, which cannot show a rhythm (the same floor as PreprocessConfig.min_duration_s).
+MIN_FINITE_SECONDS = 2.0
+# A record needs at least half of its leads usable (6 of 12; 1 of MIT-BIH's 2). The models see all 12
+# leads: with more missing, bundle-branch morphology (V1, V6, I) and P waves are mostly gone, and the
+# zeroed leads are a pattern never seen in training. Fully missing leads in a record that passes are
+# zeroed by preprocess.repair_nan, partly missing ones interpolated.
+MIN_USABLE_LEAD_FRACTION = 0.5
 
-    NaN samples inside a lead are kept for the preprocessing to repair (it interpolates them), but a
-    record where every lead is NaN or flat carries no information and is reported as unreadable.
+
+def check_signal(signal: np.ndarray, path: Path | str, fs: float | None = None) -> np.ndarray:
+    """Final checks shared by all readers: non-empty, enough real signal; returns float32.
+
+    NaN samples inside a lead are kept for the preprocessing to repair (it interpolates them, and zeroes
+    a lead with none finite), but a record where fewer than ``MIN_USABLE_LEAD_FRACTION`` of the leads
+    are usable (``MIN_FINITE_FRACTION`` of their samples finite and, if ``fs`` is given,
+    ``MIN_FINITE_SECONDS`` of them), or where every lead is flat, carries too little information and
+    is reported as unreadable.
     """
     if signal.ndim != 2 or signal.shape[1] == 0:
         raise RecordError(path, f"empty signal (shape {signal.shape})")
@@ -91,6 +109,20 @@ def check_signal(signal: np.ndarray, path: Path | str) -> np.ndarray:
     finite = np.isfinite(signal)
     if not finite.any():
         raise RecordError(path, "every sample is NaN or infinite")
+    n_leads, n_samples = signal.shape
+    n_finite = finite.sum(axis=1)
+    usable = n_finite >= MIN_FINITE_FRACTION * n_samples
+    if fs is not None and fs > 0:
+        usable &= n_finite >= MIN_FINITE_SECONDS * fs
+    need = int(np.ceil(MIN_USABLE_LEAD_FRACTION * n_leads))
+    if int(usable.sum()) < need:
+        seconds = f" and at least {MIN_FINITE_SECONDS:g} s" if fs is not None and fs > 0 else ""
+        worst = ", ".join(f"lead {i + 1} {100 * k / n_samples:.0f} %" for i, k in enumerate(n_finite) if not usable[i])
+        raise RecordError(
+            path,
+            f"only {int(usable.sum())} of {n_leads} leads have at least {MIN_FINITE_FRACTION:.0%} of their samples "
+            f"finite{seconds}; at least {need} are needed (finite samples: {worst})",
+        )
     spread = [float(np.ptp(row[ok])) if ok.any() else 0.0 for row, ok in zip(signal, finite)]
     if max(spread) <= 1e-6:
         raise RecordError(path, "every lead is flat (constant signal)")
