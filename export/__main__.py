@@ -1,7 +1,8 @@
 """``python -m export --checkpoint runs/X/best.pt --calibration-data DIR --out DIR``
 
 Writes ``model.onnx`` (fp32, parity-checked), ``model.int8.onnx`` (static QDQ int8, calibrated on the
-checkpoint's training records, gated against fp32 on its held-out records), ``report.json`` and
+checkpoint's training records, gated against fp32 on its validation records, with the same figures on
+its test records reported beside and never used to choose), ``report.json`` and
 ``report.md``. Everything is built in a temporary folder and moved into ``--out`` only when the whole
 export succeeded: a failed export leaves nothing half-written.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cpsc2018.util import default_data_dir
-from export.gate import gather, judge, record_probs
+from export.gate import compare, gather, judge, record_probs
 from export.metadata import ModelMeta
 from export.onnx_export import ExportError, export_fp32, meta_from_checkpoint, parity, write_metadata
 from export.quantize import METHODS, WindowReader, quantize, recipes
@@ -54,25 +55,33 @@ def run_export(
         probe = data_.calibration[: min(64, len(data_.calibration))]
         diff = parity(wrapped, fp32, probe)
         log(f"      parity torch vs ONNX on {len(probe)} real windows: max |diff| {diff:.2e}")
-        p32 = record_probs(OnnxPredictor(str(fp32)), data_.held_out)
-        y = data_.held_out.targets
+        # Decisions (recipe choice, pass/fail) on validation records; test figures only reported.
+        p32 = record_probs(OnnxPredictor(str(fp32)), data_.validation)
+        y = data_.validation.targets
         features = OnnxPredictor(str(fp32)).features(data_.calibration)
         attempts, chosen, gate = [], None, None
         options = recipes(fp32, method)
-        log(f"[2/4] int8 static quantization (QDQ), up to {len(options)} recipes")
+        log(f"[2/4] int8 static quantization (QDQ), up to {len(options)} recipes, judged on {len(y)} validation records")
         for i, recipe in enumerate(options, 1):
             quantize(fp32, int8, WindowReader(data_.calibration, features), recipe)
-            p8 = record_probs(OnnxPredictor(str(int8)), data_.held_out)
+            p8 = record_probs(OnnxPredictor(str(int8)), data_.validation)
             g = judge(p32, p8, y, list(ckpt.labels), list(ckpt.thresholds), min_agreement, max_auroc_drop, max_f1_drop)
             attempts.append({"note": recipe.note, "passed": g.passed, "reasons": g.reasons, **g.to_dict()})
-            log(f"[3/4] {recipe.note}: agreement {g.agreement:.3f}, AUROC drop {g.auroc_drop:+.4f}, F1 drop {g.f1_drop:+.4f} -> {'pass' if g.passed else 'fail'}")
+            log(f"[3/4] {recipe.note}: agreement {g.agreement:.3f}, AUROC drop {g.auroc_drop:+.4f}, F1 drop {g.f1_drop:+.4f} -> {'pass' if g.passed else 'fail'} (validation)")
             if g.passed:
                 chosen, gate = (i, recipe), g
                 break
         if chosen is None:
             raise ExportError(
-                "no int8 model passed the accuracy gate: " + " | ".join(f"{a['note']}: {'; '.join(a['reasons'])}" for a in attempts)
+                "no int8 model passed the accuracy gate on the validation records: "
+                + " | ".join(f"{a['note']}: {'; '.join(a['reasons'])}" for a in attempts)
             )
+        test_figures = {"records": 0}
+        if data_.test.keys:  # the chosen int8 file is the last one written
+            t32 = record_probs(OnnxPredictor(str(fp32)), data_.test)
+            t8 = record_probs(OnnxPredictor(str(int8)), data_.test)
+            test_figures = compare(t32, t8, data_.test.targets, list(ckpt.labels), list(ckpt.thresholds))
+            log(f"      test records (reported only): agreement {test_figures['agreement']:.3f}, AUROC drop {test_figures['auroc_drop']:+.4f}, F1 drop {test_figures['f1_drop']:+.4f}")
         attempt, recipe = chosen
         write_metadata(int8, meta_from_checkpoint(ckpt, {"format": "QDQ", "weights": "int8", "activations": "uint8", **recipe.to_dict(), "calibration_windows": len(data_.calibration)}))
         log("[4/4] latency")
@@ -85,8 +94,11 @@ def run_export(
             "quantization": {**recipe.to_dict(), "note": recipe.note, "attempt": attempt, "attempts_available": len(options)},
             "attempts": attempts,
             "gate": gate.to_dict(),
-            "held_out_note": data_.note,
-            "held_out_records": len(y),
+            "decided_on": "validation",
+            "records_note": data_.note,
+            "validation_records": len(y),
+            "test_records": len(data_.test.keys),
+            "test": {k: (None if isinstance(v, float) and v != v else v) for k, v in test_figures.items()},
             "latency_ms": lat,
             "speedups": {
                 "int8_vs_ort_fp32": lat["ort_fp32 1 thread"] / lat["ort_int8 1 thread"],

@@ -1,6 +1,11 @@
-"""Step 3 of the export: does int8 decide like fp32 on held-out records?
+"""Step 3 of the export: does int8 decide like fp32 on records the model did not train on?
 
-The held-out split is small (a few positives per class), so one record moves macro F1 by more than
+The gate decides (which quantization recipe, pass or fail) on the checkpoint's VALIDATION records:
+selecting on the test records would make the test figures optimistic. The same figures on the test
+records are computed for the chosen recipe and reported beside, never used to decide. Calibration uses
+training records only. Records are read with the checkpoint's data options (its PTB-XL rate).
+
+The validation split is small (a few positives per class), so one record moves macro F1 by more than
 0.01. The gate (DECISIONS.md) therefore uses what small samples measure well: the agreement of the
 per-class decisions of int8 and fp32 (>= 97 %) and the drop of macro AUROC (<= 0.01); the F1 drop is
 reported beside them, and gated only when ``--max-f1-drop`` is given.
@@ -32,7 +37,8 @@ class RecordSet:
 
 @dataclass
 class EvalData:
-    held_out: RecordSet
+    validation: RecordSet  # the gate decides on these
+    test: RecordSet  # reported beside, never used to decide
     calibration: np.ndarray  # (n, 12, L) windows of training records
     note: str
 
@@ -51,23 +57,33 @@ def _load(entries: list[Entry], pre: PreprocessConfig, label_set: str, max_windo
 
 
 def gather(ckpt: Checkpoint, data_dir, calibration_records: int = 100, seed: int = 0) -> EvalData:
-    """Held-out records (the checkpoint's test split) and calibration windows (its training split)."""
+    """Validation records (the gate's), test records (reported) and calibration windows (training).
+
+    The checkpoint's own split where its records are under ``data_dir``; otherwise a fresh patient
+    split of that folder with the checkpoint's seed and fractions (stated in the note).
+    """
     pre = PreprocessConfig.from_dict(ckpt.preprocess)
     rate = int(ckpt.data_options["ptbxl_rate"])  # read records as training did (DESIGN: one source)
     entries = [e for e in scan(data_dir, ptbxl_rate=rate, progress=False).entries if e.n_leads == 12]
     if not entries:
         raise ValueError(f"no readable 12-lead record under {data_dir} for calibration")
-    test_ids = set(ckpt.split.get("test_ids", []))
     val_ids = set(ckpt.split.get("val_ids", []))
+    test_ids = set(ckpt.split.get("test_ids", []))
+    val = [e for e in entries if e.key in val_ids]
     test = [e for e in entries if e.key in test_ids]
-    note = f"held-out records: the checkpoint's test split ({len(test)} of {len(test_ids)} found under {data_dir})"
-    if not test:
-        parts = split_by_patient(entries, seed=int(ckpt.split.get("seed", 0)), label_set=ckpt.label_set)
-        test = parts["test"]
-        test_ids = {e.key for e in test}
+    note = (
+        f"gate decided on the checkpoint's validation split ({len(val)} of {len(val_ids)} found under {data_dir}); "
+        f"test split ({len(test)} of {len(test_ids)}) reported beside"
+    )
+    if not val:
+        seed_ = int(ckpt.split.get("seed", 0))
+        fractions = tuple(ckpt.split.get("fractions", (0.7, 0.15, 0.15)))
+        parts = split_by_patient(entries, fractions=fractions, seed=seed_, label_set=ckpt.label_set)  # type: ignore[arg-type]
+        val, test = parts["val"], parts["test"]
+        val_ids, test_ids = {e.key for e in val}, {e.key for e in test}
         note = (
-            f"none of the checkpoint's test records is under {data_dir}: held-out records are a fresh patient "
-            f"split of that folder (seed {ckpt.split.get('seed', 0)}, {len(test)} records)"
+            f"none of the checkpoint's validation records is under {data_dir}: a fresh patient split of that folder "
+            f"(seed {seed_}): gate decided on its validation part ({len(val)} records), test part ({len(test)}) reported beside"
         )
     train = [e for e in entries if e.key not in test_ids and e.key not in val_ids]
     rng = np.random.default_rng(seed)
@@ -75,9 +91,12 @@ def gather(ckpt: Checkpoint, data_dir, calibration_records: int = 100, seed: int
     calib = _load([train[i] for i in pick], pre, ckpt.label_set, 2, "calibration records")
     if not calib.windows:
         raise ValueError(f"no usable calibration record under {data_dir}")
-    held = _load(test, pre, ckpt.label_set, EVAL_MAX_WINDOWS, "held-out records")
+    val_set = _load(val, pre, ckpt.label_set, EVAL_MAX_WINDOWS, "validation records")
+    if not val_set.keys:
+        raise ValueError(f"no usable validation record under {data_dir}: the gate has nothing to decide on")
+    test_set = _load(test, pre, ckpt.label_set, EVAL_MAX_WINDOWS, "test records")
     note += "; " + rates_note(entries, rate)
-    return EvalData(held, np.concatenate(calib.windows), note)
+    return EvalData(val_set, test_set, np.concatenate(calib.windows), note)
 
 
 def rates_note(entries: list[Entry], asked: int) -> str:
@@ -109,16 +128,29 @@ class GateResult:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
 
 
+def compare(p32: np.ndarray, p8: np.ndarray, y: np.ndarray, labels: list[str], thresholds: list[float]) -> dict:
+    """int8 vs fp32 figures on one record set: decision agreement, macro AUROC and F1 of each, drops."""
+    if len(y) == 0:
+        nan = math.nan
+        return {"records": 0, "agreement": nan, "auroc_fp32": nan, "auroc_int8": nan, "auroc_drop": nan, "f1_fp32": nan, "f1_int8": nan, "f1_drop": nan}
+    t = np.asarray(thresholds)[None, :]
+    m32 = multilabel_metrics(y, p32, labels, thresholds)["macro"]
+    m8 = multilabel_metrics(y, p8, labels, thresholds)["macro"]
+    return {
+        "records": int(len(y)),
+        "agreement": float(np.mean((p32 >= t) == (p8 >= t))),
+        "auroc_fp32": m32["auroc"], "auroc_int8": m8["auroc"], "auroc_drop": m32["auroc"] - m8["auroc"],
+        "f1_fp32": m32["f1"], "f1_int8": m8["f1"], "f1_drop": m32["f1"] - m8["f1"],
+    }
+
+
 def judge(
     p32: np.ndarray, p8: np.ndarray, y: np.ndarray, labels: list[str], thresholds: list[float],
     min_agreement: float, max_auroc_drop: float, max_f1_drop: float | None,
 ) -> GateResult:
-    t = np.asarray(thresholds)[None, :]
-    agreement = float(np.mean((p32 >= t) == (p8 >= t)))
-    m32 = multilabel_metrics(y, p32, labels, thresholds)["macro"]
-    m8 = multilabel_metrics(y, p8, labels, thresholds)["macro"]
-    auroc_drop = m32["auroc"] - m8["auroc"]
-    f1_drop = m32["f1"] - m8["f1"]
+    """The gate's decision; call it on validation records only (module docstring)."""
+    c = compare(p32, p8, y, labels, thresholds)
+    agreement, auroc_drop, f1_drop = c["agreement"], c["auroc_drop"], c["f1_drop"]
     reasons = []
     if agreement < min_agreement:
         reasons.append(f"decision agreement {agreement:.3f} < {min_agreement}")
@@ -126,4 +158,4 @@ def judge(
         reasons.append(f"macro AUROC drop {auroc_drop:.4f} > {max_auroc_drop}")
     if max_f1_drop is not None and f1_drop > max_f1_drop:
         reasons.append(f"macro F1 drop {f1_drop:.4f} > {max_f1_drop}")
-    return GateResult(not reasons, agreement, m32["auroc"], m8["auroc"], auroc_drop, m32["f1"], m8["f1"], f1_drop, reasons)
+    return GateResult(not reasons, agreement, c["auroc_fp32"], c["auroc_int8"], auroc_drop, c["f1_fp32"], c["f1_int8"], f1_drop, reasons)

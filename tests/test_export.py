@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -66,10 +67,50 @@ def trained(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(trained, data_dir, tmp_path_factory):
+def export_run(trained, data_dir, tmp_path_factory):
+    """The export, watched: which records' probabilities reached each gate decision (``judge``)."""
+    import export.__main__ as export_mod
+
     out = tmp_path_factory.mktemp("export")
-    assert export_main(["--checkpoint", str(trained), "--calibration-data", str(data_dir), "--out", str(out), "--repeats", "5"]) == 0
-    return out
+    keys_of: dict[int, list[str]] = {}
+    alive, judged = [], []
+    real_probs, real_judge = export_mod.record_probs, export_mod.judge
+
+    def probs(predictor, records):
+        p = real_probs(predictor, records)
+        keys_of[id(p)] = list(records.keys)
+        alive.append(p)  # keep ids unique while the export runs
+        return p
+
+    def judge(p32, p8, *args, **kwargs):
+        judged.append((keys_of.get(id(p32)), keys_of.get(id(p8))))
+        return real_judge(p32, p8, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export_mod, "record_probs", probs)
+        mp.setattr(export_mod, "judge", judge)
+        assert export_main(["--checkpoint", str(trained), "--calibration-data", str(data_dir), "--out", str(out), "--repeats", "5"]) == 0
+    return SimpleNamespace(out=out, judged=judged)
+
+
+@pytest.fixture(scope="module")
+def exported(export_run):
+    return export_run.out
+
+
+def test_gate_decides_on_validation_records_and_reports_test_beside(export_run, trained):
+    ckpt = load_checkpoint(trained)
+    val, test = set(ckpt.split["val_ids"]), set(ckpt.split["test_ids"])
+    assert export_run.judged, "the gate judged nothing"
+    for k32, k8 in export_run.judged:  # every recipe was chosen or refused on validation records only
+        assert k32 is not None and set(k32) == val and set(k8) == val
+        assert not set(k32) & test
+    report = json.loads((export_run.out / "report.json").read_text())
+    assert report["decided_on"] == "validation"
+    assert report["validation_records"] == len(val) and report["test_records"] == len(test)
+    assert {"agreement", "auroc_drop", "f1_drop"} <= set(report["test"])
+    md = (export_run.out / "report.md").read_text()
+    assert "validation (gate)" in md and "test (reported only)" in md
 
 
 def test_int8_export_passes_gate_and_writes_everything(exported):
@@ -103,10 +144,12 @@ def test_evaluate_runs_on_int8_output(exported, data_dir):
     assert r["records"] > 50 and set(r["per_class"]) == set(LABELS)
 
 
-def test_gather_uses_the_checkpoint_test_split(trained, data_dir):
+def test_gather_uses_the_checkpoint_validation_and_test_splits(trained, data_dir):
     ckpt = load_checkpoint(trained)
     data = gather(ckpt, data_dir, calibration_records=10)
-    assert set(data.held_out.keys) == set(ckpt.split["test_ids"])
+    assert set(data.validation.keys) == set(ckpt.split["val_ids"])
+    assert not set(data.validation.keys) & set(ckpt.split["test_ids"])
+    assert set(data.test.keys) == set(ckpt.split["test_ids"])
     assert data.calibration.shape[1:] == (12, 2500)
 
 
