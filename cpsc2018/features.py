@@ -143,7 +143,7 @@ EXPERT_NAMES: tuple[str, ...] = (
     "coupling_min", "pause_ratio", "premature_qrs_corr", "premature_p_corr", "pr_sd_ms", "p_amp_V1",
     "r_time_V1_ms", "r_time_V6_ms", "qrs_energy_ms",
 )
-_NUMPY_ONLY = frozenset(EXPERT_NAMES[EXPERT_NAMES.index("coupling_min"):])
+NUMPY_ONLY_NAMES = frozenset(EXPERT_NAMES[EXPERT_NAMES.index("coupling_min"):])
 ENGINES: tuple[str, ...] = ("numpy", "neurokit2")
 _LEAD = {"I": 0, "II": 1, "aVF": 5, "V1": 6, "V2": 7, "V3": 8, "V5": 10, "V6": 11}
 # Leads tried in turn for R peaks: II (the rhythm strip), then leads that are rarely all flat.
@@ -698,5 +698,5 @@ def expert_features(signal_mv: np.ndarray, fs: float, engine: str = "numpy") -> 
             _expert_numpy(x, fs, out)
         else:
             _expert_neurokit2(x, fs, out)
-            out.update(dict.fromkeys(_NUMPY_ONLY, math.nan))
+            out.update(dict.fromkeys(NUMPY_ONLY_NAMES, math.nan))
     return {k: float(v) if np.isfinite(v) else math.nan for k, v in out.items()}

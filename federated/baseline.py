@@ -1,8 +1,9 @@
 """``python -m federated.baseline``: the classical baseline the deep models must beat.
 
 Expert features (:func:`cpsc2018.features.expert_features`: RR statistics and irregularity, PR and
-QT from neurokit2's delineation, P-wave presence, QRS duration and axis, ST/T levels, bundle-branch
-morphology, premature and odd beats) with one-vs-rest logistic regression and gradient boosting
+QT, P-wave presence, QRS duration and axis, ST/T levels, bundle-branch morphology, premature and odd
+beats) computed by the numpy/scipy engine (``--features numpy``, the default: what the app can run)
+or by the first baseline's neurokit2 engine (``--features neurokit2``, for comparison), with one-vs-rest logistic regression and gradient boosting
 (scikit-learn), on the same patient split as the training command (``federated.data.prepare`` with
 the same data, seed and label set gives the same records).
 
@@ -11,7 +12,8 @@ are those with the best validation AUROC, and the decision threshold is the one 
 validation F1 (``tune_thresholds``), as for the networks. Validation metrics are therefore
 optimistic; the held-out test metrics are not. A class without a positive training record gets a
 constant probability of 0 (stated in ``notes``). The feature matrix is cached in the cache folder
-(keyed by the records' files and the feature code), so reruns and other seeds take seconds.
+(keyed by the engine, the records' files and the feature code), so reruns and other seeds take
+seconds.
 
     python -m federated.baseline --data ../shared/data --seed 0 --labels six --out runs/baseline
 """
@@ -42,10 +44,12 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+import functools
+
 import cpsc2018.features
 from cpsc2018.cache import DEFAULT_CACHE_DIR
 from cpsc2018.catalog import Entry, load
-from cpsc2018.features import EXPERT_NAMES, expert_features
+from cpsc2018.features import ENGINES, EXPERT_NAMES, expert_features
 from cpsc2018.records import RecordError
 from cpsc2018.util import atomic_write_bytes, default_data_dir
 from federated.config import TrainConfig
@@ -56,49 +60,61 @@ from federated.outputs import write_json
 KINDS: tuple[str, ...] = ("logreg", "gbm")
 
 
-def _features_key(entries: Sequence[Entry]) -> str:
-    """Changes with any record file, the feature names, the feature code or neurokit2's version."""
+def _features_key(entries: Sequence[Entry], engine: str = "numpy") -> str:
+    """Changes with the engine, any record file, the feature names, the feature code or the engine's
+    library versions (numpy and scipy; neurokit2 too for its engine)."""
     try:
         code = inspect.getsource(cpsc2018.features)
     except OSError:  # no source shipped (a zipped install): the names and versions must do
         code = ""
     h = hashlib.sha256(code.encode())
-    h.update(f"{importlib.metadata.version('neurokit2')}|{','.join(EXPERT_NAMES)}\n".encode())
+    libs = ("numpy", "scipy") + (("neurokit2",) if engine == "neurokit2" else ())
+    versions = ",".join(f"{lib}={importlib.metadata.version(lib)}" for lib in libs)
+    h.update(f"{engine}|{versions}|{','.join(EXPERT_NAMES)}\n".encode())
     for e in entries:
         st = os.stat(e.path) if os.path.exists(e.path) else None
         h.update(f"{e.key}|{e.path}|{e.fs}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
     return h.hexdigest()[:20]
 
 
-def _record_features(entry: Entry) -> list[float]:
+def _record_features(entry: Entry, engine: str = "numpy") -> list[float]:
     """One row of the feature matrix (a worker process's task)."""
     try:
         rec = load(entry)
     except RecordError:  # read once by the catalog already; a file changed since is a row of NaN
         return [math.nan] * len(EXPERT_NAMES)
-    f = expert_features(rec.signal, rec.fs)
+    f = expert_features(rec.signal, rec.fs, engine=engine)
     return [f[n] for n in EXPERT_NAMES]
 
 
 def feature_matrix(
-    entries: Sequence[Entry], cache_dir: Path | str, *, workers: int = 1, progress: bool = False
+    entries: Sequence[Entry],
+    cache_dir: Path | str,
+    *,
+    engine: str = "numpy",
+    workers: int = 1,
+    progress: bool = False,
 ) -> tuple[np.ndarray, float | None]:
-    """``(n_records, len(EXPERT_NAMES))`` expert features, from the disk cache when there.
+    """``(n_records, len(EXPERT_NAMES))`` expert features by ``engine``, from the disk cache when there.
 
     Returns the matrix and the seconds spent computing it (None when read from the cache).
-    neurokit2 takes ~0.03-0.05 s per 10 s record, so ``workers`` processes share the records.
+    neurokit2 takes ~0.03-0.05 s per 10 s record (the numpy engine ~0.01 s, most of the rest is
+    reading), so ``workers`` processes share the records.
     """
-    path = Path(cache_dir) / f"expert-features-{_features_key(entries)}.npy"
+    if engine not in ENGINES:
+        raise ValueError(f"unknown feature engine {engine!r}; expected one of {ENGINES}")
+    path = Path(cache_dir) / f"expert-features-{engine}-{_features_key(entries, engine)}.npy"
     if path.exists():
         return np.load(path), None
     start = time.perf_counter()
-    bar = dict(total=len(entries), desc="expert features", unit="rec", disable=not progress)
+    bar = dict(total=len(entries), desc=f"expert features ({engine})", unit="rec", disable=not progress)
+    task = functools.partial(_record_features, engine=engine)
     if workers > 1 and len(entries) > 1:
         # spawn: the parent holds torch (threads); forking it is not safe on every platform.
         with mp.get_context("spawn").Pool(workers) as pool:
-            rows = list(tqdm(pool.imap(_record_features, entries, chunksize=8), **bar))
+            rows = list(tqdm(pool.imap(task, entries, chunksize=8), **bar))
     else:
-        rows = [_record_features(e) for e in tqdm(entries, **bar)]
+        rows = [task(e) for e in tqdm(entries, **bar)]
     x = np.array(rows, dtype=np.float64).reshape(len(entries), len(EXPERT_NAMES))
     buf = io.BytesIO()
     np.save(buf, x)
@@ -171,24 +187,30 @@ def run_baseline(
     cache_dir: Path | str | None = None,
     out: Path | str | None = None,
     *,
+    features: str = "numpy",
     workers: int | None = None,
     progress: bool = False,
 ) -> dict:
     """Train and score both classifiers on the training command's split; write ``out/metrics.json``.
 
-    Returns ``{"logreg": {"val": metrics, "test": metrics, "thresholds", "chosen"}, "gbm": {...},
-    "features", "seed", "records", "split", "notes", "feature_seconds"}`` (metrics as
-    ``multilabel_metrics`` gives them).
+    ``features`` is the :func:`expert_features` engine. Returns ``{"logreg": {"val": metrics, "test":
+    metrics, "thresholds", "chosen"}, "gbm": {...}, "features", "feature_engine", "seed", "records",
+    "split", "notes", "feature_seconds"}`` (metrics as ``multilabel_metrics`` gives them).
     """
+    if features not in ENGINES:
+        raise ValueError(f"unknown feature engine {features!r}; expected one of {ENGINES}")
     cfg = TrainConfig(data=str(data), seed=seed, labels=labels, cache_dir=str(cache_dir or ""))
     cfg.validate()
     exp = prepare(cfg, progress=progress)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    x, seconds = feature_matrix(exp.entries, cache_dir or DEFAULT_CACHE_DIR, workers=workers, progress=progress)
+    x, seconds = feature_matrix(
+        exp.entries, cache_dir or DEFAULT_CACHE_DIR, engine=features, workers=workers, progress=progress
+    )
     y = exp.targets.astype(int)
     names = list(exp.labels)
     result: dict = {
         "features": list(EXPERT_NAMES),
+        "feature_engine": features,
         "labels": names,
         "seed": seed,
         "records": {part: len(idx) for part, idx in exp.split.items()},
@@ -227,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-dir", type=Path, default=None, help=f"record and feature cache (default {DEFAULT_CACHE_DIR})"
     )
+    p.add_argument(
+        "--features", choices=ENGINES, default="numpy",
+        help="expert-feature engine: numpy/scipy (what the app runs) or the first baseline's neurokit2",
+    )
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes computing features")
     return p
 
@@ -238,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         r = run_baseline(
-            args.data, args.seed, args.labels, args.cache_dir, args.out, workers=args.workers,
+            args.data, args.seed, args.labels, args.cache_dir, args.out, features=args.features, workers=args.workers,
             progress=sys.stderr.isatty(),
         )
     except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if r["feature_seconds"] is not None:
-        print(f"expert features of {sum(r['records'].values())} records: {r['feature_seconds']:.1f} s")
+        print(f"expert features ({args.features}) of {sum(r['records'].values())} records: {r['feature_seconds']:.1f} s")
     for kind in KINDS:
         for part in ("val", "test"):
             if part in r[kind]:

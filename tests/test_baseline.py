@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from cpsc2018.catalog import scan
-from cpsc2018.features import EXPERT_NAMES
+from cpsc2018.features import EXPERT_NAMES, NUMPY_ONLY_NAMES
 from cpsc2018.labels import SIX
-from federated.baseline import feature_matrix, fit_predict, run_baseline
+from federated.baseline import build_parser, feature_matrix, fit_predict, run_baseline
 
 
 def test_baseline_on_all_records(data_dir, tmp_path):
@@ -37,6 +38,28 @@ def test_feature_matrix_is_cached(data_dir, tmp_path):
     assert x.shape == (3, len(EXPERT_NAMES)) and seconds is not None
     again, seconds = feature_matrix(entries, tmp_path)
     assert seconds is None and np.array_equal(x, again, equal_nan=True)
+
+
+def test_feature_cache_is_kept_per_engine(data_dir, tmp_path):
+    entries = scan(data_dir / "cpsc2018", progress=False).entries[:2]
+    numpy_x, _ = feature_matrix(entries, tmp_path, engine="numpy")
+    nk_x, seconds = feature_matrix(entries, tmp_path, engine="neurokit2")
+    assert seconds is not None  # not served from the numpy engine's cache file
+    assert len(list(tmp_path.glob("expert-features-numpy-*.npy"))) == 1
+    assert len(list(tmp_path.glob("expert-features-neurokit2-*.npy"))) == 1
+    only_numpy = [i for i, n in enumerate(EXPERT_NAMES) if n in NUMPY_ONLY_NAMES]
+    assert np.isnan(nk_x[:, only_numpy]).all() and np.isfinite(numpy_x[:, only_numpy]).any()
+    hr = EXPERT_NAMES.index("hr")
+    assert np.allclose(numpy_x[:, hr], nk_x[:, hr], atol=3)  # the same rhythm from either engine
+    with pytest.raises(ValueError, match="engine"):
+        feature_matrix(entries, tmp_path, engine="wavelets")
+
+
+def test_baseline_command_line_takes_the_engine():
+    assert build_parser().parse_args([]).features == "numpy"
+    assert build_parser().parse_args(["--features", "neurokit2"]).features == "neurokit2"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--features", "wavelets"])
 
 
 def test_class_without_training_positives_predicts_zero():
