@@ -27,8 +27,8 @@ def cache_targets(cache: RecordCache, entries: Sequence[Entry], label_set: str) 
 
 
 class TrainWindows(Dataset):
-    """One random window per record per epoch. Crops are a function of (seed, epoch, record), so a
-    resumed run draws exactly the windows the uninterrupted run would have drawn."""
+    """``windows_per_record`` random windows per record per epoch. Crops are a function of (seed, epoch,
+    record, draw), so a resumed run draws exactly the windows the uninterrupted run would have drawn."""
 
     def __init__(
         self,
@@ -37,8 +37,12 @@ class TrainWindows(Dataset):
         indices: Sequence[int] | None = None,
         seed: int = 0,
         feature_fn: FeatureFn | None = None,
+        windows_per_record: int = 1,
     ) -> None:
+        if windows_per_record < 1:
+            raise ValueError(f"windows_per_record must be at least 1, got {windows_per_record}")
         self.cache = cache
+        self.windows_per_record = windows_per_record
         self.all_targets = targets
         self.indices = list(range(len(cache))) if indices is None else list(indices)
         self.seed = seed
@@ -54,12 +58,15 @@ class TrainWindows(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.windows_per_record
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, ...]:
-        i = self.indices[j]
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        x = np.ascontiguousarray(random_crop(self.cache.get(i), self.window, rng))
+        draw, pos = divmod(j, len(self.indices))
+        i = self.indices[pos]
+        # Draw 0 keeps the seeding of one-window runs, so their crops do not change.
+        rng = np.random.default_rng([self.seed, self.epoch, i] if draw == 0 else [self.seed, self.epoch, i, draw])
+        # A writable copy: the cache is a read-only memory map, which torch tensors must not wrap.
+        x = np.array(random_crop(self.cache.get(i), self.window, rng), dtype=np.float32, order="C")
         y = torch.from_numpy(self.all_targets[i])
         if self.feature_fn is not None:
             return torch.from_numpy(x), torch.from_numpy(self.feature_fn(x).astype(np.float32)), y
@@ -77,8 +84,12 @@ class EvalWindows(Dataset):
         indices: Sequence[int] | None = None,
         max_windows: int | None = EVAL_MAX_WINDOWS,
         feature_fn: FeatureFn | None = None,
+        windows_per_record: int = 1,
     ) -> None:
+        if windows_per_record < 1:
+            raise ValueError(f"windows_per_record must be at least 1, got {windows_per_record}")
         self.cache = cache
+        self.windows_per_record = windows_per_record
         self.all_targets = targets
         self.indices = list(range(len(cache))) if indices is None else list(indices)
         self.window = cache.cfg.window_samples
@@ -103,7 +114,7 @@ class EvalWindows(Dataset):
     def __getitem__(self, k: int) -> tuple:
         j, s = self.items[k]
         i = self.indices[j]
-        x = np.ascontiguousarray(fit_length(self.cache.get(i)[:, s : s + self.window], self.window))
+        x = np.array(fit_length(self.cache.get(i)[:, s : s + self.window], self.window), dtype=np.float32, order="C")
         y = torch.from_numpy(self.all_targets[i])
         if self.feature_fn is not None:
             return torch.from_numpy(x), torch.from_numpy(self.feature_fn(x).astype(np.float32)), y, j

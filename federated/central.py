@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from federated.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -38,7 +39,10 @@ def selection_score(metrics: dict, val_loss: float) -> float:
 
 
 def check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    for key in ("model", "model_kwargs", "labels", "seed", "data", "mode", "features", "batch_size", "lr"):
+    for key in (
+        "model", "model_kwargs", "labels", "seed", "data", "mode", "features", "batch_size", "lr",
+        "windows_per_record", "ema", "sampler", "folds",
+    ):
         if saved.get(key) != cfg.to_dict().get(key):
             raise CheckpointError(
                 f"{path}: cannot resume: it was trained with {key}={saved.get(key)!r}, this run asks {cfg.to_dict().get(key)!r}"
@@ -65,6 +69,11 @@ def fit(
     feature_fn, feature_names = feature_setup(cfg, exp.pre)
     kwargs = model_kwargs(cfg, exp, len(feature_names))
     model = create_model(cfg.model, **kwargs).to(device)
+    # The moving average (weights and BatchNorm statistics) is what is validated, saved and shipped.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
+    )
+    scored = ema.module if ema is not None else model
     loaders = {
         "train": train_loader(exp, train_idx, cfg, feature_fn),
         "val": eval_loader(exp, val_idx, cfg, feature_fn),
@@ -74,6 +83,11 @@ def fit(
     eval_loss_fn = nn.BCEWithLogitsLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(len(loaders["train"]), 1)
+    log.info(
+        "%s: %d training records x %d window(s) = %d optimizer steps per epoch (batch %d, %s sampling), up to %d epochs%s",
+        name, len(train_idx), cfg.windows_per_record, steps, cfg.batch_size, cfg.sampler, cfg.epochs,
+        f", early stop after {cfg.patience} without progress" if cfg.patience else "",
+    )
     # One-cycle: warm-up then cosine decay; converges in few epochs on small data without tuning.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
     history: list[dict] = []
@@ -84,8 +98,10 @@ def fit(
     if cfg.resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
         check_resume_compatible(ckpt.config, cfg, last_path)
-        model.load_state_dict(ckpt.state_dict)
         p = ckpt.progress
+        model.load_state_dict(p.get("raw_state_dict", ckpt.state_dict))
+        if ema is not None:
+            ema.load_state_dict(p["ema"])
         optimizer.load_state_dict(p["optimizer"])
         scheduler.load_state_dict(p["scheduler"])
         set_rng_state(p["rng"])
@@ -94,14 +110,16 @@ def fit(
     elif cfg.resume:
         log.info("%s: --resume given but %s does not exist: starting from scratch", name, last_path)
     val_targets = exp.targets[val_idx]
+    if cfg.patience and history and (start - 1) - best["epoch"] >= cfg.patience:
+        start = cfg.epochs + 1  # a resumed run that had already stopped early: nothing left to train
     for epoch in tqdm(range(start, cfg.epochs + 1), desc=f"{name} epochs", initial=start - 1, total=cfg.epochs, disable=not progress):
         set_epoch(loaders["train"], cfg.seed, epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch) if cfg.augment else None
         train_loss = train_one_epoch(
             model, loaders["train"], optimizer, loss_fn, device, scheduler=scheduler, amp=cfg.amp,
-            augment_gen=gen, fs=exp.pre.fs, progress=progress, desc=f"epoch {epoch}",
+            augment_gen=gen, fs=exp.pre.fs, progress=progress, desc=f"epoch {epoch}", ema=ema,
         )
-        probs, val_loss = predict_records(model, loaders["val"], len(val_idx), device, loss_fn=eval_loss_fn)
+        probs, val_loss = predict_records(scored, loaders["val"], len(val_idx), device, loss_fn=eval_loss_fn)
         thresholds = tune_thresholds(val_targets, probs)
         m = evaluate(probs, val_targets, exp.labels, thresholds)
         row = {
@@ -113,12 +131,18 @@ def fit(
         score = selection_score(m, val_loss)
         if score > best["score"] or best["epoch"] == 0:
             best = {"score": score, "epoch": epoch}
-            save_checkpoint(out / "best.pt", make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, {"epoch": epoch}, feature_names))
+            save_checkpoint(out / "best.pt", make_checkpoint(scored, cfg, exp, kwargs, thresholds, {"val": m}, {"epoch": epoch}, feature_names))
         state = {
             "epoch": epoch, "history": history, "best": best, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": rng_state(),
         }
-        save_checkpoint(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, state, feature_names))
+        if ema is not None:  # last.pt's weights are the average; the raw weights go on training
+            state["ema"] = ema.state_dict()
+            state["raw_state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        save_checkpoint(last_path, make_checkpoint(scored, cfg, exp, kwargs, thresholds, {"val": m}, state, feature_names))
+        if cfg.patience and epoch - best["epoch"] >= cfg.patience:
+            log.info("%s: no better validation score for %d epochs: stopping after epoch %d (best %d)", name, cfg.patience, epoch, best["epoch"])
+            break
     return finish(cfg, exp, out, history, test_idx, feature_fn, x_key="epoch")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cpsc2018.cache import DEFAULT_CACHE_DIR, RecordCache
 from cpsc2018.catalog import Entry, ptbxl_rates_read, scan
@@ -78,18 +78,39 @@ def prepare(cfg: TrainConfig, pre: PreprocessConfig | None = None, progress: boo
     return Experiment(pre, labels, entries, cache, targets, split, info)
 
 
+def balanced_weights(targets: np.ndarray) -> np.ndarray:
+    """Sampling weight per record: the inverse frequency of its rarest positive label (records with no
+    label count as one more class), so that each label, and the label-free records, are drawn about
+    equally often."""
+    counts = targets.sum(axis=0)
+    none = targets.sum(axis=1) == 0
+    inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    w = (targets * inv[None, :]).max(axis=1)
+    w[none] = 1.0 / max(int(none.sum()), 1)
+    return w / w.sum()
+
+
 def train_loader(
     exp: Experiment, indices: list[int], cfg: TrainConfig, feature_fn: FeatureFn | None = None
 ) -> DataLoader:
-    ds = TrainWindows(exp.cache, exp.targets, indices, seed=cfg.seed, feature_fn=feature_fn)
+    ds = TrainWindows(
+        exp.cache, exp.targets, indices, seed=cfg.seed, feature_fn=feature_fn, windows_per_record=cfg.windows_per_record
+    )
+    # One generator for shuffling and for the balanced sampler: set_epoch re-seeds it per epoch.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = None
+    if cfg.sampler == "balanced":
+        w = np.tile(balanced_weights(exp.targets[indices]), cfg.windows_per_record)
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True, generator=gen)
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=cfg.workers,
         persistent_workers=False,
         drop_last=len(ds) > cfg.batch_size,  # BatchNorm cannot train on a batch of one
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=gen,
     )
 
 

@@ -58,6 +58,7 @@ def train_one_epoch(
     global_params: list[torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "train",
+    ema: "torch.optim.swa_utils.AveragedModel | None" = None,
 ) -> float:
     """One pass over ``loader``; returns the mean loss. ``proximal_mu`` > 0 adds FedProx's term
     mu/2 * ||w - w_global||^2 (Li et al., MLSys 2020) against ``global_params``."""
@@ -85,6 +86,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if not math.isfinite(loss.item()):
             raise FloatingPointError("training loss became NaN/inf; lower --lr")
         total += loss.item() * len(y)

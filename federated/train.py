@@ -5,6 +5,7 @@ Examples::
     python -m federated.train --mode central --epochs 30 --out runs/central
     python -m federated.train --mode local --epochs 20 --out runs/local
     python -m federated.train --mode federated --partition site --rounds 20 --out runs/fed
+    python -m federated.train --folds 5 --epochs 40 --patience 8 --ema 0.998 --augment --out runs/cv
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def run(cfg: TrainConfig) -> dict:
         "%d records: train %d, val %d, test %d (patient split, seed %d)",
         len(exp.entries), len(exp.split["train"]), len(exp.split["val"]), len(exp.split["test"]), cfg.seed,
     )
+    if cfg.mode == "central" and cfg.folds:
+        from federated.cv import run_cv
+
+        return run_cv(cfg, exp, out)
     if cfg.mode == "central":
         from federated.central import fit
 
@@ -74,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     test = metrics.get("test", {}).get("macro") if isinstance(metrics.get("test"), dict) else None
-    if test:
+    if metrics.get("mode") == "cv":
+        from federated.cv import fmt
+
+        s = metrics["summary"]["macro"]
+        print(f"{cfg.folds}-fold CV test macro F1 {fmt(s['f1'])}, AUROC {fmt(s['auroc'])}; outputs in {cfg.out}")
+    elif test:
         print(f"test macro F1 {test['f1']:.3f}, AUROC {test['auroc']:.3f}; outputs in {cfg.out}")
     else:
         print(f"done; outputs in {cfg.out}")

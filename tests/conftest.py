@@ -28,3 +28,39 @@ def full_catalog(data_dir: Path):
 @pytest.fixture(scope="session")
 def twelve_lead_entries(full_catalog):
     return [e for e in full_catalog.entries if e.n_leads == 12]
+
+
+# The fixed subset for tests that train or score (DECISIONS: tests must not grow with ../shared/data):
+# every folder except ptbxl_extra/ (the 685 records the suite was sized on), plus the first
+# SMALL_EXTRA recordings of ptbxl_extra/ (records100/ only) so that the 100 Hz-only layout stays covered.
+SMALL_EXTRA = 30
+
+
+@pytest.fixture(scope="session")
+def small_data(data_dir: Path, tmp_path_factory) -> Path:
+    """A folder of links to a fixed subset of the shared records (the table of ptbxl_extra is cut to it)."""
+    import csv
+
+    root = tmp_path_factory.mktemp("small-data")
+    for child in sorted(data_dir.iterdir()):
+        if child.is_dir() and child.name != "ptbxl_extra":
+            (root / child.name).symlink_to(child, target_is_directory=True)
+    extra_src = data_dir / "ptbxl_extra"
+    if extra_src.is_dir():
+        extra = root / "ptbxl_extra"
+        extra.mkdir()
+        with open(extra_src / "ptbxl_database.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [r for _, r in zip(range(SMALL_EXTRA), reader)]
+            fields = reader.fieldnames
+        with open(extra / "ptbxl_database.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        for r in rows:
+            for suffix in (".hea", ".dat"):
+                src = extra_src / (r["filename_lr"] + suffix)
+                dst = extra / (r["filename_lr"] + suffix)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.symlink_to(src)
+    return root

@@ -164,7 +164,8 @@ def test_inspect_lists_unreadable_and_goes_on(data_dir, tmp_path, capsys):
     out = tmp_path / "inspect.json"
     assert inspect_main(["--data", str(root), "--json", str(out)]) == 0
     s = json.loads(out.read_text())
-    assert list(s) == ["records", "by_source", "labels", "unreadable"]
+    assert list(s) == ["records", "by_source", "labels", "ptbxl_folders", "unreadable"]
+    assert s["ptbxl_folders"] == {}
     assert s["records"] == 2 and s["by_source"] == {"CPSC2018": 1, "Chapman/Ningbo": 1}
     assert s["labels"] == {"AF": 1, "I-AVB": 0, "LBBB": 0, "RBBB": 2, "PAC": 0, "PVC": 0}
     reasons = {Path(u["path"]).name: u["reason"] for u in s["unreadable"]}

@@ -23,8 +23,8 @@ SMALL = json.dumps({"widths": [8, 16, 24, 32]})
 RUN_FILES = ("best.pt", "last.pt", "metrics.json", "history.csv", "config.json", "learning_curves.png", "roc_pr.png", "confusion.png")
 
 
-def _args(data_dir: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--data", str(data_dir), "--out", str(out), "--cache-dir", str(cache), "--model-kwargs", SMALL, "--workers", "0", *extra]
+def _args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--model-kwargs", SMALL, "--workers", "0", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,9 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def central_run(data_dir, cache_dir, tmp_path_factory):
+def central_run(small_data, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("central")
-    assert train_main(_args(data_dir, out, cache_dir, "--mode", "central", "--epochs", "1")) == 0
+    assert train_main(_args(small_data, out, cache_dir, "--mode", "central", "--epochs", "1")) == 0
     return out
 
 
@@ -53,9 +53,9 @@ def test_central_one_epoch_writes_every_file(central_run):
     assert metrics["best_epoch"] == 1 and "f1" in metrics["test"]["macro"]
 
 
-def test_evaluate_checkpoint_json(central_run, data_dir, tmp_path, capsys):
+def test_evaluate_checkpoint_json(central_run, small_data, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert evaluate_main(["--model-file", str(central_run / "best.pt"), "--data", str(data_dir), "--json", str(out)]) == 0
+    assert evaluate_main(["--model-file", str(central_run / "best.pt"), "--data", str(small_data), "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r["per_class"]) == {"AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC"}
     assert {"f1", "auroc", "sensitivity", "specificity", "precision", "auprc"} <= set(r["macro"])
@@ -66,10 +66,10 @@ def test_evaluate_checkpoint_json(central_run, data_dir, tmp_path, capsys):
     assert "macro" in capsys.readouterr().out
 
 
-def test_evaluate_rejects_wrong_checkpoint(tmp_path, data_dir, capsys):
+def test_evaluate_rejects_wrong_checkpoint(tmp_path, small_data, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    assert evaluate_main(["--model-file", str(bad), "--data", str(data_dir)]) == 2
+    assert evaluate_main(["--model-file", str(bad), "--data", str(small_data)]) == 2
     err = capsys.readouterr().err
     assert "bad.pt" in err and "not a readable checkpoint" in err
 
@@ -85,9 +85,9 @@ def test_train_rejects_folder_without_records(tmp_path, cache_dir, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_federated_two_rounds_three_clients(data_dir, cache_dir, tmp_path):
+def test_federated_two_rounds_three_clients(small_data, cache_dir, tmp_path):
     out = tmp_path / "fed"
-    code = train_main(_args(data_dir, out, cache_dir, "--mode", "federated", "--rounds", "2", "--clients", "3"))
+    code = train_main(_args(small_data, out, cache_dir, "--mode", "federated", "--rounds", "2", "--clients", "3"))
     assert code == 0
     for name in RUN_FILES:
         assert (out / name).exists(), name
@@ -98,13 +98,13 @@ def test_federated_two_rounds_three_clients(data_dir, cache_dir, tmp_path):
     assert history[0].startswith("round") and len(history) == 3
 
 
-def test_resume_after_kill_matches_uninterrupted(data_dir, cache_dir, tmp_path):
+def test_resume_after_kill_matches_uninterrupted(small_data, cache_dir, tmp_path):
     """Kill a 3-epoch run after its first epoch, resume it, compare with a run never interrupted."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = ["--mode", "central", "--epochs", "3", "--seed", "3"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "federated.train", *_args(data_dir, killed, cache_dir, *args)],
+        [sys.executable, "-m", "federated.train", *_args(small_data, killed, cache_dir, *args)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
@@ -114,9 +114,9 @@ def test_resume_after_kill_matches_uninterrupted(data_dir, cache_dir, tmp_path):
     proc.wait()
     done = load_checkpoint(killed / "last.pt").progress["epoch"]
     assert done < 3, "the run finished before it could be killed; the test proves nothing"
-    assert train_main(_args(data_dir, killed, cache_dir, *args, "--resume")) == 0
+    assert train_main(_args(small_data, killed, cache_dir, *args, "--resume")) == 0
     straight = tmp_path / "straight"
-    assert train_main(_args(data_dir, straight, cache_dir, *args)) == 0
+    assert train_main(_args(small_data, straight, cache_dir, *args)) == 0
     a = (killed / "history.csv").read_text().splitlines()
     b = (straight / "history.csv").read_text().splitlines()
     assert len(a) == len(b) == 4
@@ -126,29 +126,29 @@ def test_resume_after_kill_matches_uninterrupted(data_dir, cache_dir, tmp_path):
         assert va == pytest.approx(vb, rel=1e-4, abs=1e-5)
 
 
-def test_hybrid_with_hand_features(data_dir, cache_dir, tmp_path):
+def test_hybrid_with_hand_features(small_data, cache_dir, tmp_path):
     out = tmp_path / "hybrid"
-    assert train_main(_args(data_dir, out, cache_dir, "--epochs", "1", "--features")) == 0
+    assert train_main(_args(small_data, out, cache_dir, "--epochs", "1", "--features")) == 0
     ckpt = load_checkpoint(out / "best.pt")
     from cpsc2018.features import FEATURE_NAMES
 
     assert ckpt.features == list(FEATURE_NAMES) and ckpt.model_kwargs["num_features"] == len(FEATURE_NAMES)
-    assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(data_dir)]) == 0
+    assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(small_data)]) == 0
 
 
-def test_cpsc9_labels_and_official_score(data_dir, cache_dir, tmp_path):
+def test_cpsc9_labels_and_official_score(small_data, cache_dir, tmp_path):
     out = tmp_path / "c9"
-    assert train_main(_args(data_dir, out, cache_dir, "--epochs", "1", "--labels", "cpsc9")) == 0
+    assert train_main(_args(small_data, out, cache_dir, "--epochs", "1", "--labels", "cpsc9")) == 0
     assert len(load_checkpoint(out / "best.pt").labels) == 9
     js = tmp_path / "c9.json"
-    assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(data_dir), "--json", str(js)]) == 0
+    assert evaluate_main(["--model-file", str(out / "best.pt"), "--data", str(small_data), "--json", str(js)]) == 0
     score = json.loads(js.read_text())["cpsc2018"]
     assert {"F1", "Faf", "Fblock", "Fpc", "Fst", "f1_per_class"} <= set(score)
 
 
-def test_local_mode_one_model_per_site(data_dir, cache_dir, tmp_path):
+def test_local_mode_one_model_per_site(small_data, cache_dir, tmp_path):
     out = tmp_path / "local"
-    assert train_main(_args(data_dir, out, cache_dir, "--mode", "local", "--epochs", "1")) == 0
+    assert train_main(_args(small_data, out, cache_dir, "--mode", "local", "--epochs", "1")) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary["sites"]) == {"PTB-XL", "CPSC2018", "Chapman/Ningbo", "Georgia", "other"}
     for site in summary["sites"]:
