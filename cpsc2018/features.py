@@ -467,7 +467,28 @@ def _pan_tompkins(y: np.ndarray, fs: float) -> np.ndarray:
             rejected.append(i)
         thr = npk + 0.25 * (spk - npk)
     searchback(n)
-    return np.sort(cand[beats])
+    # Second pass with the record's own median RR: the running average learnt at the start can be
+    # wrong (a large ectopic beat every other beat keeps the sinus beats below threshold and makes
+    # the average twice the true RR). Fill gaps longer than 1.6 median RR with the tallest rejected
+    # peak at least 360 ms from both neighbours and a fifth as tall as the median beat.
+    chosen = sorted(beats)
+    if len(chosen) >= 3:
+        level = 0.2 * float(np.median(h[chosen]))
+        gap_min = 1.6 * float(np.median(np.diff(cand[chosen])))
+        far = int(0.36 * fs)
+        for _ in range(len(cand)):
+            pos = cand[chosen]
+            gaps = np.flatnonzero(np.diff(pos) > gap_min)
+            added = False
+            for g in gaps:
+                inner = np.flatnonzero((cand > pos[g] + far) & (cand < pos[g + 1] - far) & (h > level))
+                if len(inner):
+                    chosen.append(int(inner[np.argmax(h[inner])]))
+                    added = True
+            if not added:
+                break
+            chosen.sort()
+    return np.sort(cand[chosen])
 
 
 def _filtered(x: np.ndarray, fs: float) -> tuple[np.ndarray, float, int]:
@@ -528,7 +549,12 @@ def _numpy_beat_features(
     j = _premature(rr, med_rr)
     f["coupling_min"] = float(rr.min() / med_rr)
     if j is not None:
-        f["pause_ratio"] = float((rr[j - 1] + rr[j]) / (2 * med_rr))
+        # A run of premature beats (couplet, salvo) counts as one: from the last beat before it to the
+        # first beat after the pause, against as many median RR intervals.
+        end = j
+        while end < len(rr) - 1 and rr[end] < 0.9 * med_rr:
+            end += 1
+        f["pause_ratio"] = float(rr[j - 1 : end + 1].sum() / ((end - j + 2) * med_rr))
     made = _beat_matrix(y, fs, peaks)
     if made is None:
         return f
