@@ -8,6 +8,8 @@ ECG_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(abspath 
 export ECG_DATA
 DEMO_OUT ?= runs/demo
 DEMO_ROUNDS ?= 10
+# Where the fallback download comes from (empty: PhysioNet); tests point it at 127.0.0.1.
+DEMO_BASE_URL ?=
 # One client per site on the shared multi-hospital records; a downloaded single-site subset is split IID.
 DEMO_FED_FLAGS ?= $(if $(wildcard ../shared/data),--partition site,--partition iid --clients 3)
 
@@ -46,7 +48,7 @@ apt-test:
 demo: venv
 	@if [ ! -d "$(ECG_DATA)" ]; then \
 	  echo "No records at $(ECG_DATA): downloading a small CPSC2018 subset from PhysioNet"; \
-	  $(PY) -m cpsc2018.download --source cpsc2018 --limit 300 --dest "$(ECG_DATA)"; \
+	  $(PY) -m cpsc2018.download --source cpsc2018 --limit 300 --dest "$(ECG_DATA)" $(if $(DEMO_BASE_URL),--base-url "$(DEMO_BASE_URL)") || exit 2; \
 	fi
 	@echo "== 1/4 what is in $(ECG_DATA)"
 	$(PY) -m cpsc2018.inspect --data "$(ECG_DATA)" --json "$(DEMO_OUT)/inspect.json" --preprocess

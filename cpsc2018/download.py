@@ -80,7 +80,10 @@ def _open(url: str, start: int = 0, timeout: float = 30.0):
             last = exc
         time.sleep(0.5 * 2**attempt)  # back off: 0.5, 1, 2, 4 s
     reason = getattr(last, "reason", last)
-    raise DownloadError(f"{url}: cannot be reached after {RETRIES} tries ({reason})")
+    raise DownloadError(
+        f"{url}: cannot be reached after {RETRIES} tries ({reason}). Check the network connection, or download "
+        "the records yourself and point ECG_DATA (or --data) at their folder"
+    )
 
 
 def parse_sums(text: str) -> dict[str, str]:

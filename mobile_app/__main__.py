@@ -13,6 +13,23 @@ import sys
 from pathlib import Path
 
 
+XVFB_HINT = 'xvfb-run -a -s "-screen 0 480x800x24" python -m mobile_app ...'
+
+
+def missing_display() -> str | None:
+    """Why no window can open here, or None. On a Linux desktop SDL needs an X11 or Wayland display;
+    without one Kivy would hang or fail deep inside SDL, so say it first and name the way out."""
+    if not sys.platform.startswith("linux") or "ANDROID_ARGUMENT" in os.environ:
+        return None  # macOS/Windows always have a screen session; Android starts through android_main
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return (
+        "no display to open the app window on (neither DISPLAY nor WAYLAND_DISPLAY is set). "
+        f"On a machine without a screen run it under a virtual one: {XVFB_HINT} "
+        "(Debian/Ubuntu: apt-get install xvfb); to classify without a window use python -m mobile_app.classify"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from mobile_app.inference import DEFAULT_MODEL
 
@@ -22,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screenshot", type=Path, default=None, help="save the screen as PNG after inference and quit")
     p.add_argument("--result-json", type=Path, default=None, help="with --screenshot: also write what the screen shows as JSON")
     args = p.parse_args(argv)
+    problem = missing_display()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     os.environ.setdefault("KIVY_NO_ARGS", "1")  # Kivy must not parse our arguments
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     from mobile_app.app import run
