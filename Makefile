@@ -11,7 +11,9 @@ DEMO_ROUNDS ?= 10
 # Where the fallback download comes from (empty: PhysioNet); tests point it at 127.0.0.1.
 DEMO_BASE_URL ?=
 # One client per site on the shared multi-hospital records; a downloaded single-site subset is split IID.
-DEMO_FED_FLAGS ?= $(if $(wildcard ../shared/data),--partition site,--partition iid --clients 3)
+# The demo trains on a per-site sample (at most DEMO_PER_SITE records of each site) to stay within minutes.
+DEMO_PER_SITE ?= 200
+DEMO_FED_FLAGS ?= $(if $(wildcard ../shared/data),--partition site,--partition iid --clients 3) --max-per-site $(DEMO_PER_SITE)
 
 .PHONY: demo test venv apt-test clean model
 
@@ -52,7 +54,7 @@ demo: venv
 	fi
 	@echo "== 1/4 what is in $(ECG_DATA)"
 	$(PY) -m cpsc2018.inspect --data "$(ECG_DATA)" --json "$(DEMO_OUT)/inspect.json" --preprocess
-	@echo "== 2/4 federated training (Flower simulation): one client per hospital site"
+	@echo "== 2/4 federated training (Flower simulation): one client per hospital site, on a sample of at most $(DEMO_PER_SITE) records per site (DEMO_PER_SITE=0 for all)"
 	$(PY) -m federated.train --mode federated $(DEMO_FED_FLAGS) --rounds $(DEMO_ROUNDS) --data "$(ECG_DATA)" --out "$(DEMO_OUT)/federated"
 	@echo "== 3/4 int8 ONNX export, calibrated on training records, gated on held-out records"
 	$(PY) -m export --checkpoint "$(DEMO_OUT)/federated/best.pt" --calibration-data "$(ECG_DATA)" --out "$(DEMO_OUT)/export"

@@ -64,6 +64,8 @@ class TrainConfig:
     ptbxl_rate: int = 500
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     max_windows_eval: int = EVAL_MAX_WINDOWS
+    # At most this many records per site, drawn with the seed before the split (0 = all): quick demos.
+    max_per_site: int = 0
     # Hybrid models: hand features (cpsc2018.features) fed to the head; 0 = off.
     features: bool = False
 
@@ -86,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"--clients must be at least 1; got {self.clients}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1) (0 = off, e.g. 0.999); got {self.ema}")
+        if self.max_per_site < 0:
+            raise ValueError(f"--max-per-site must be 0 (all) or positive; got {self.max_per_site}")
         if self.patience < 0:
             raise ValueError(f"--patience must be 0 (off) or positive; got {self.patience}")
         if self.folds == 1 or self.folds < 0:
@@ -156,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=d.cache_dir, help="preprocessed-record cache (default ~/.cache/ecg-lite)")
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500), default=d.ptbxl_rate)
     p.add_argument("--features", action="store_true", help="hybrid: feed hand features to the model head")
+    p.add_argument("--max-per-site", type=int, default=d.max_per_site, help="use at most N records per site, a seeded sample (0 = all)")
     return p
 
 

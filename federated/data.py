@@ -6,6 +6,7 @@ held-out test records (recorded in every checkpoint as ``split``).
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from cpsc2018.labels import label_names
 from cpsc2018.preprocess import PreprocessConfig
 from cpsc2018.splits import split_by_patient
 from federated.config import TrainConfig
+
+
+log = logging.getLogger("federated")
 
 
 class DataError(ValueError):
@@ -55,6 +59,8 @@ def prepare(cfg: TrainConfig, pre: PreprocessConfig | None = None, progress: boo
             f"no readable 12-lead record under {root} ({len(catalog.entries)} readable records, "
             f"{len(catalog.unreadable)} unreadable); see python -m cpsc2018.inspect --data {root}"
         )
+    if cfg.max_per_site:
+        twelve = sample_per_site(twelve, cfg.max_per_site, cfg.seed)
     cache = RecordCache.build(twelve, pre, cfg.cache_dir or DEFAULT_CACHE_DIR, progress=progress)
     by_key = {e.key: e for e in twelve}
     entries = [by_key[k] for k in cache.keys]
@@ -88,6 +94,22 @@ def balanced_weights(targets: np.ndarray) -> np.ndarray:
     w = (targets * inv[None, :]).max(axis=1)
     w[none] = 1.0 / max(int(none.sum()), 1)
     return w / w.sum()
+
+
+def sample_per_site(entries: list[Entry], n: int, seed: int) -> list[Entry]:
+    """At most ``n`` records of each site, a seeded random sample (whole patients where possible is not
+    needed: the patient split comes after). Said in the log, since figures then describe the sample."""
+    rng = np.random.default_rng(seed)
+    by_site: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_site.setdefault(e.site, []).append(e)
+    out: list[Entry] = []
+    for site, es in sorted(by_site.items()):
+        keep = es if len(es) <= n else [es[i] for i in sorted(rng.choice(len(es), n, replace=False))]
+        out += keep
+        if len(keep) < len(es):
+            log.info("--max-per-site %d: %s sampled to %d of its %d records", n, site, len(keep), len(es))
+    return out
 
 
 def train_loader(

@@ -116,3 +116,16 @@ def test_augmentation_keeps_shape_and_is_seeded():
     z = augment_batch(torch.ones(200, 12, 500) + 5, torch.Generator().manual_seed(0), 250.0)
     flat = (z.abs().amax(dim=-1) == 0).sum(dim=1)
     assert flat.max() == 1 and 5 <= int((flat == 1).sum()) <= 40
+
+
+def test_sample_per_site_caps_each_site(data_dir):
+    from collections import Counter
+
+    from federated.data import sample_per_site
+
+    entries = scan(data_dir / "cinc2021", progress=False).entries
+    full = Counter(e.site for e in entries)
+    got = sample_per_site(entries, 10, seed=0)
+    sizes = Counter(e.site for e in got)
+    assert sizes == {site: min(n, 10) for site, n in full.items()}
+    assert [e.key for e in got] == [e.key for e in sample_per_site(entries, 10, seed=0)]
