@@ -1,4 +1,9 @@
-"""``python -m mobile_app.classify --record FILE [--model FILE]``: the app's inference, without a screen."""
+"""``python -m mobile_app.classify --record FILE [--model FILE]``: the app's inference, without a screen.
+
+A fused pipeline (network metadata with ``pipeline``, see :mod:`mobile_app.inference`) prints which
+parts ran, the network's and the feature model's probabilities beside the fused one, and the pipeline's
+thresholds; a missing or mismatched feature model is an error naming the file (exit status 2).
+"""
 
 from __future__ import annotations
 
@@ -45,9 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(r.to_json()))
         return 0
     print(f"{r.record} ({r.site}, {r.duration_s:.1f} s at {r.fs:g} Hz) with {r.model}, {r.inference_ms:.1f} ms")
-    for name, prob, thr in zip(r.labels, r.probabilities, r.thresholds):
-        mark = "POSITIVE" if prob >= thr else ""
-        print(f"  {name:<6} {prob:6.3f}  (threshold {thr:.3f}) {mark}")
+    if r.feature_probabilities is None:
+        for name, prob, thr in zip(r.labels, r.probabilities, r.thresholds):
+            mark = "POSITIVE" if prob >= thr else ""
+            print(f"  {name:<6} {prob:6.3f}  (threshold {thr:.3f}) {mark}")
+    else:
+        w = r.network_weight if r.network_weight is not None else float("nan")
+        print(f"Parts run: {' + '.join(r.parts)} (fused = {w:g} x network + {1 - w:g} x features)")
+        print(f"  {'label':<6} {'fused':>6}  {'network':>7}  {'features':>8}")
+        for name, prob, pn, pf, thr in zip(r.labels, r.probabilities, r.network_probabilities, r.feature_probabilities, r.thresholds):
+            mark = "POSITIVE" if prob >= thr else ""
+            print(f"  {name:<6} {prob:6.3f}  {pn:7.3f}  {pf:8.3f}  (threshold {thr:.3f}) {mark}")
     print(f"Labels in the file: {', '.join(r.reference) or 'none of the six'}. Research tool, not a diagnosis.")
     return 0
 

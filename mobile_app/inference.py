@@ -4,10 +4,19 @@ No Kivy and no torch here (numpy, scipy, the project's readers and preprocessing
 so this runs, and is tested, anywhere. Everything model-specific (labels, thresholds, preprocessing)
 comes from the ONNX file's metadata. Two backends share one interface: onnxruntime's Python package
 on desktops, and on Android the onnxruntime-android Java API through pyjnius.
+
+Fused pipeline (issue 15, item 5; written by ``python -m export.pipeline``): when the network's metadata
+has a ``pipeline`` key (:class:`PipelineSpec`, JSON), the app also loads the feature model it names, a
+sibling ONNX file (input ``features`` float32 [batch, n_features], output ``probabilities`` float32
+[batch, n_classes]), computes :func:`cpsc2018.features.expert_features` (numpy engine) on the record as
+read (mV, the record's own sampling rate), and returns ``w * p_network + (1 - w) * p_features`` with
+the pipeline's own thresholds. Without that key the app runs the network alone, as before.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cpsc2018.features import EXPERT_NAMES, expert_features
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, notch, preprocess, resample, windows
 from cpsc2018.readers import read_any
 from cpsc2018.records import LEADS, RecordError
@@ -27,6 +37,79 @@ DISPLAY_FS = 100.0  # what the screen draws: 1 point per pixel at 100 px/s (25 m
 
 class ClassifyError(Exception):
     """Anything the user should read instead of a crash: bad file, wrong leads, too short, no model."""
+
+
+# --- the fused pipeline's contract (the writer is export.pipeline; this module is its reader) ---------
+PIPELINE_KEY = "pipeline"  # metadata key of the network file; its value is PipelineSpec JSON
+PIPELINE_VERSION = 1
+COMBINE = "weighted mean of probabilities"  # p = w * p_network + (1 - w) * p_features
+APP_FEATURE_ENGINES = ("numpy",)  # what the phone can compute (no neurokit2 on the app path)
+FEATURE_MODEL_MARKER = "ecglite.feature_model"  # metadata key that marks a feature-model file
+FEATURE_MODEL_INPUT = "features"  # float32 [batch, n_features], NaN where a feature was not measurable
+FEATURE_MODEL_OUTPUT = "probabilities"  # float32 [batch, n_classes], positive-class probabilities
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """How the network and the feature model combine (the ``pipeline`` metadata of the network file).
+
+    ``feature_model`` is a file name beside the network file (no folder part); ``thresholds`` are the
+    fused probabilities' decision thresholds (tuned on validation records), one per label.
+    """
+
+    feature_model: str
+    feature_engine: str
+    feature_names: list[str]
+    network_weight: float
+    thresholds: list[float]
+    combine: str = COMBINE
+    version: int = PIPELINE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": self.version, "feature_model": self.feature_model, "feature_engine": self.feature_engine,
+            "feature_names": list(self.feature_names), "network_weight": float(self.network_weight),
+            "combine": self.combine, "thresholds": [float(t) for t in self.thresholds],
+        })
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> "PipelineSpec":
+        """Parse and check the ``pipeline`` value; :class:`MetadataError` says what is wrong."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError:
+            raise MetadataError(f"{source}: metadata key '{PIPELINE_KEY}' is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise MetadataError(f"{source}: metadata key '{PIPELINE_KEY}' must be a JSON object, got {type(raw).__name__}")
+        missing = [k for k in ("version", "feature_model", "feature_engine", "feature_names", "network_weight", "combine", "thresholds") if k not in raw]
+        if missing:
+            raise MetadataError(f"{source}: pipeline metadata lacks {', '.join(missing)}")
+        if raw["version"] != PIPELINE_VERSION:
+            raise MetadataError(f"{source}: pipeline version {raw['version']!r} is not supported (this app reads {PIPELINE_VERSION})")
+        if raw["combine"] != COMBINE:
+            raise MetadataError(f"{source}: pipeline combines by {raw['combine']!r}; this app knows only {COMBINE!r}")
+        name = raw["feature_model"]
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise MetadataError(f"{source}: pipeline feature_model must be a file name beside the model, got {name!r}")
+        try:
+            w = float(raw["network_weight"])
+            thresholds = [float(t) for t in raw["thresholds"]]
+            names = [str(n) for n in raw["feature_names"]]
+        except (TypeError, ValueError):
+            raise MetadataError(f"{source}: pipeline network_weight, thresholds or feature_names malformed") from None
+        if not 0.0 <= w <= 1.0:
+            raise MetadataError(f"{source}: pipeline network_weight must lie in [0, 1], got {w}")
+        return cls(name, str(raw["feature_engine"]), names, w, thresholds, raw["combine"], raw["version"])
+
+
+def fuse(p_network: np.ndarray, p_features: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * p_network + (1 - weight) * p_features`` (:data:`COMBINE`), same shapes, weight in [0, 1]."""
+    a, b = np.asarray(p_network, dtype=np.float64), np.asarray(p_features, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"network and feature probabilities differ in shape: {a.shape} vs {b.shape}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"network weight must lie in [0, 1], got {weight}")
+    return weight * a + (1.0 - weight) * b
 
 
 class Backend(Protocol):
@@ -129,6 +212,27 @@ def make_backend(path: Path, environ: dict[str, str] | None = None) -> Backend:
 
 
 @dataclass
+class Prediction:
+    """One record's probabilities and what produced them.
+
+    ``inference_ms`` is the model work: the network run, plus (pipeline) computing the features, the
+    feature model's run and the fusion; reading and preprocessing are in ``timings_ms`` only.
+    """
+
+    probabilities: np.ndarray  # (n_classes,): the fused ones for a pipeline, else the network's
+    thresholds: list[float]
+    network: np.ndarray  # (n_classes,) the network's record probabilities (max over windows)
+    features: np.ndarray | None  # (n_classes,) the feature model's, None without a pipeline
+    parts: tuple[str, ...]  # ("network",) or ("network", "features")
+    network_weight: float | None  # w of the fusion, None without a pipeline
+    timings_ms: dict[str, float]
+
+    @property
+    def inference_ms(self) -> float:
+        return sum(v for k, v in self.timings_ms.items() if k != "preprocess")
+
+
+@dataclass
 class Result:
     record: str
     site: str
@@ -141,7 +245,11 @@ class Result:
     inference_ms: float
     model: str
     display: np.ndarray = field(repr=False)  # (12, n) band-passed mV at DISPLAY_FS, for the screen
-    reference: list[str] = field(default_factory=list)  # the file's own labels, where it has any  # (12, n) band-passed mV at DISPLAY_FS, for the screen
+    reference: list[str] = field(default_factory=list)  # the file's own labels, where it has any
+    parts: list[str] = field(default_factory=lambda: ["network"])  # which models ran
+    network_probabilities: list[float] = field(default_factory=list)
+    feature_probabilities: list[float] | None = None  # the feature model's, pipeline only
+    network_weight: float | None = None  # pipeline only
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -157,6 +265,9 @@ class Result:
             "labels": self.labels, "probabilities": [round(p, 6) for p in self.probabilities],
             "thresholds": self.thresholds, "positives": self.positives, "top": self.top,
             "inference_ms": round(self.inference_ms, 3), "model": self.model, "reference": self.reference,
+            "parts": self.parts, "network_probabilities": [round(p, 6) for p in self.network_probabilities],
+            "feature_probabilities": None if self.feature_probabilities is None else [round(p, 6) for p in self.feature_probabilities],
+            "network_weight": self.network_weight,
         }
 
 
@@ -166,20 +277,95 @@ class Classifier:
     def __init__(self, model_path: Path | str = DEFAULT_MODEL, environ: dict[str, str] | None = None) -> None:
         self.path = Path(model_path)
         self.backend = make_backend(self.path, environ)
+        props = self.backend.metadata()
         try:
-            self.meta = ModelMeta.from_props(self.backend.metadata(), source=str(self.path))
+            self.meta = ModelMeta.from_props(props, source=str(self.path))
             self.pre = PreprocessConfig.from_dict(self.meta.preprocess)
         except (MetadataError, ValueError) as exc:
             raise ClassifyError(str(exc)) from None
+        self.pipeline: PipelineSpec | None = None
+        self.feature_backend: Backend | None = None
+        self.feature_path: Path | None = None
+        if PIPELINE_KEY in props:
+            self._load_pipeline(props[PIPELINE_KEY], environ)
+
+    def _load_pipeline(self, text: str, environ: dict[str, str] | None) -> None:
+        """Check the pipeline metadata and load its feature model; every problem is a ClassifyError naming the file."""
+        try:
+            spec = PipelineSpec.from_json(text, source=str(self.path))
+        except MetadataError as exc:
+            raise ClassifyError(str(exc)) from None
+        if len(spec.thresholds) != len(self.meta.labels):
+            raise ClassifyError(f"{self.path}: the pipeline has {len(spec.thresholds)} thresholds for {len(self.meta.labels)} labels")
+        if spec.feature_engine not in APP_FEATURE_ENGINES:
+            raise ClassifyError(
+                f"{self.path}: the pipeline's features come from engine {spec.feature_engine!r}; the app computes only {APP_FEATURE_ENGINES}"
+            )
+        path = self.path.parent / spec.feature_model
+        if not path.is_file():
+            raise ClassifyError(
+                f"{path}: feature model missing; {self.path.name} is a fused pipeline and needs its feature model "
+                f"'{spec.feature_model}' beside it (copy both files from the export.pipeline output folder)"
+            )
+        backend = make_backend(path, environ)
+        props = backend.metadata()
+        if FEATURE_MODEL_MARKER not in props:
+            raise ClassifyError(f"{path}: not an ECG-Lite feature model (no '{FEATURE_MODEL_MARKER}' in its metadata)")
+        try:
+            names = [str(n) for n in json.loads(props.get("feature_names", "null"))]
+            labels = [str(n) for n in json.loads(props.get("labels", "null"))]
+        except (TypeError, ValueError):
+            raise ClassifyError(f"{path}: metadata 'feature_names' or 'labels' missing or not a JSON list") from None
+        if names != list(spec.feature_names):
+            diff = next((i for i, (a, b) in enumerate(zip(names, spec.feature_names)) if a != b), min(len(names), len(spec.feature_names)))
+            raise ClassifyError(
+                f"{path}: its {len(names)} feature names do not match the {len(spec.feature_names)} of the pipeline in "
+                f"{self.path.name} (first difference at position {diff}: "
+                f"{names[diff] if diff < len(names) else 'none'!r} vs {spec.feature_names[diff] if diff < len(spec.feature_names) else 'none'!r})"
+            )
+        if labels != list(self.meta.labels):
+            raise ClassifyError(f"{path}: labels {labels} differ from the network's {self.meta.labels} ({self.path.name})")
+        unknown = [n for n in names if n not in EXPERT_NAMES]
+        if unknown:
+            raise ClassifyError(
+                f"{path}: needs features this version of the app does not compute: {', '.join(unknown)} "
+                "(export the pipeline again with this version's features)"
+            )
+        self.pipeline, self.feature_backend, self.feature_path = spec, backend, path
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return ("network",) if self.pipeline is None else ("network", "features")
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The decision thresholds of what the app reports (the pipeline's for a fused model)."""
+        return list(self.meta.thresholds if self.pipeline is None else self.pipeline.thresholds)
 
     @property
     def description(self) -> str:
         q = self.meta.quantization
         kind = f"int8 ({q.get('format', 'QDQ')})" if q else "fp32"
-        return f"{self.meta.model_name} · {kind}"
+        text = f"{self.meta.model_name} · {kind}"
+        if self.pipeline is not None:
+            text += f" + feature model (w {self.pipeline.network_weight:g})"
+        return text
 
-    def probabilities(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
-        """Record probabilities (max over windows, as in training evaluation) and inference time in ms."""
+    def feature_row(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        """The pipeline's feature vector ``(1, n_features)`` float32 of a record in mV at ``fs`` Hz (NaN where
+        not measurable), in the order the feature model was trained on."""
+        if self.pipeline is None:
+            raise ClassifyError(f"{self.path.name} is not a pipeline: it has no feature model")
+        f = expert_features(signal, fs, engine=self.pipeline.feature_engine)
+        return np.array([[f.get(n, math.nan) for n in self.pipeline.feature_names]], dtype=np.float32)
+
+    def predict(self, signal: np.ndarray, fs: float) -> Prediction:
+        """Record probabilities of a 12-lead record ``(12, T)`` in mV at ``fs`` Hz, as the app computes them.
+
+        The network's are the max over windows (as in training evaluation); for a pipeline the feature
+        model runs on :func:`expert_features` of the same record and the two are fused (:func:`fuse`).
+        """
+        t0 = time.perf_counter()
         try:
             x = preprocess(signal, fs, self.pre)
         except ValueError as exc:  # SignalTooShort and friends
@@ -190,11 +376,29 @@ class Classifier:
             from cpsc2018.features import window_features
 
             feed[FEATURES_INPUT_NAME] = np.stack([window_features(v, self.pre.fs) for v in w]).astype(np.float32)
-        t = time.perf_counter()
+        t1 = time.perf_counter()
         out = self.backend.run(feed)
-        ms = (time.perf_counter() - t) * 1e3
+        t2 = time.perf_counter()
         probs = out if self.meta.output == "probabilities" else 1 / (1 + np.exp(-out))
-        return probs.max(axis=0), ms
+        p_net = probs.max(axis=0)
+        timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3}
+        if self.pipeline is None or self.feature_backend is None:
+            return Prediction(p_net, self.thresholds, p_net, None, self.parts, None, timings)
+        row = self.feature_row(signal, fs)
+        t3 = time.perf_counter()
+        p_feat = np.asarray(self.feature_backend.run({FEATURE_MODEL_INPUT: row}))[0]
+        t4 = time.perf_counter()
+        if p_feat.shape != p_net.shape:
+            raise ClassifyError(f"{self.feature_path}: feature model gave {p_feat.shape[0]} probabilities for {p_net.shape[0]} labels")
+        fused = fuse(p_net, p_feat, self.pipeline.network_weight)
+        t5 = time.perf_counter()
+        timings.update(features=(t3 - t2) * 1e3, feature_model=(t4 - t3) * 1e3, fusion=(t5 - t4) * 1e3)
+        return Prediction(fused, self.thresholds, p_net, p_feat, self.parts, self.pipeline.network_weight, timings)
+
+    def probabilities(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
+        """Record probabilities (fused for a pipeline) and inference time in ms (see :class:`Prediction`)."""
+        p = self.predict(signal, fs)
+        return p.probabilities, p.inference_ms
 
     def classify(self, record_path: Path | str) -> Result:
         try:
@@ -206,14 +410,17 @@ class Classifier:
                 f"{Path(record_path).name} has {rec.signal.shape[0]} lead(s) ({', '.join(rec.leads)}); "
                 "the model needs the 12 standard leads"
             )
-        probs, ms = self.probabilities(rec.signal, rec.fs)
+        pred = self.predict(rec.signal, rec.fs)
         labels = list(self.meta.labels)
-        positives = [n for n, p, t in zip(labels, probs, self.meta.thresholds) if p >= t]
+        positives = [n for n, p, t in zip(labels, pred.probabilities, pred.thresholds) if p >= t]
         return Result(
             record=rec.record_id, site=rec.site, fs=rec.fs, duration_s=rec.duration_s, labels=labels,
-            probabilities=[float(p) for p in probs], thresholds=list(self.meta.thresholds), positives=positives,
-            inference_ms=ms, model=self.description, display=display_signal(rec.signal, rec.fs, self.pre),
-            reference=[n for n in labels if n in rec.classes],
+            probabilities=[float(p) for p in pred.probabilities], thresholds=list(pred.thresholds), positives=positives,
+            inference_ms=pred.inference_ms, model=self.description, display=display_signal(rec.signal, rec.fs, self.pre),
+            reference=[n for n in labels if n in rec.classes], parts=list(pred.parts),
+            network_probabilities=[float(p) for p in pred.network],
+            feature_probabilities=None if pred.features is None else [float(p) for p in pred.features],
+            network_weight=pred.network_weight,
         )
 
 
