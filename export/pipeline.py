@@ -1,0 +1,601 @@
+"""``python -m export.pipeline``: the app's fused pipeline, int8 network + gradient boosting on record features.
+
+    python -m export.pipeline --checkpoint runs/x/best.pt --network runs/x/export/model.int8.onnx \\
+        --data ../shared/data --out runs/x/pipeline
+
+Two ONNX parts, combined as the network file's metadata says (DECISIONS.md: several ONNX parts are
+fine when the metadata says how they combine; the app runs ONNX + this repository's numpy/scipy only):
+
+* the network (``python -m export``'s int8 file, unchanged but for one metadata key ``pipeline``,
+  :class:`mobile_app.inference.PipelineSpec`): record probabilities, max over windows, as always;
+* ``features.onnx``: per class a scikit-learn ``HistGradientBoostingClassifier`` on the numpy/scipy
+  record features :func:`cpsc2018.features.expert_features` (mV, the record's own rate), converted by
+  skl2onnx and merged into one graph: input ``features`` float32 [batch, n_features] (NaN where a
+  feature was not measurable: the trees keep their learned NaN branch), output ``probabilities``
+  float32 [batch, n_classes];
+* fusion: ``p = w * p_network + (1 - w) * p_features`` with per-class thresholds of their own.
+
+What is chosen on which records: the feature model is fitted on the checkpoint's TRAINING records
+(every 12-lead record under ``--data`` outside its validation and test ids); its hyper-parameters per
+class (``federated.baseline.candidates("gbm")``), the weight ``w`` (:func:`choose_weight`) and the
+fused thresholds (``tune_thresholds``) on its VALIDATION records. Test figures are reported beside,
+never used to choose. Validation figures are therefore optimistic; test figures are not.
+
+The report's figures are computed through :class:`mobile_app.inference.Classifier` on the files
+written (the app's path: its reader output, its preprocessing, its feature call, its ONNX runs).
+
+Float32: the app feeds float32 features, so the feature model is fitted and scored here on the
+float32 values of the features (:func:`as_float32`); skl2onnx rounds each split threshold so that a
+float32 input takes the same branch as in scikit-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
+
+from cpsc2018.cache import DEFAULT_CACHE_DIR
+from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.features import EXPERT_NAMES
+from cpsc2018.records import RecordError
+from cpsc2018.util import default_data_dir
+from export.metadata import MetadataError, read_onnx_metadata
+from federated.baseline import candidates, feature_matrix, fit_predict
+from federated.checkpoint import CheckpointError, load_checkpoint
+from federated.metrics import multilabel_metrics, tune_thresholds
+from mobile_app.inference import (
+    FEATURE_MODEL_INPUT, FEATURE_MODEL_MARKER, FEATURE_MODEL_OUTPUT, PIPELINE_KEY, Classifier, ClassifyError,
+    PipelineSpec, fuse,
+)
+
+__all__ = [
+    "FeatureModel", "PipelineError", "WEIGHT_GRID", "as_float32", "choose_weight", "feature_model_to_onnx",
+    "fit_feature_model", "fuse", "macro_auroc", "run_pipeline", "write_pipeline",
+]
+
+FEATURE_FILE = "features.onnx"
+NETWORK_FILE = "model.int8.onnx"
+OUTPUTS = (NETWORK_FILE, FEATURE_FILE, "report.json", "report.md")
+WEIGHT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))  # network weight w
+OPSET = 17  # the network's opset (python -m export)
+ML_OPSET = 3  # ai.onnx.ml 3 (TreeEnsembleClassifier with NaN-aware branches): onnxruntime >= 1.10
+MAX_SIZE_MB = 5.0  # DECISIONS.md: the app's model budget
+MAX_LATENCY_MS = 50.0  # issue 15: per 10 s record at 1 thread (reported against, not gated: machines differ)
+
+
+class PipelineError(ValueError):
+    """The pipeline cannot be built from these inputs; the message says which and why."""
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to float32 and back to float64: the values the app's float32 input carries."""
+    return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+@dataclass
+class FeatureModel:
+    """Per class a fitted ``HistGradientBoostingClassifier``, or a constant probability (a float) where
+    the training records held one class only."""
+
+    estimators: list[HistGradientBoostingClassifier | float]
+    chosen: list[str]  # per class: the hyper-parameters chosen on validation AUROC, or "constant p"
+    n_features: int
+    notes: list[str] = field(default_factory=list)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Positive-class probabilities ``(n, n_classes)`` on the float32 values of ``x`` (the app's input)."""
+        x = as_float32(x)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
+        out = np.empty((len(x), len(self.estimators)))
+        for k, est in enumerate(self.estimators):
+            out[:, k] = est if isinstance(est, float) else est.predict_proba(x)[:, 1]
+        return out
+
+
+def fit_feature_model(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int,
+    *, labels: Sequence[str] | None = None,
+) -> FeatureModel:
+    """Per class a gradient-boosting classifier, as the baseline fits it (``federated.baseline.fit_predict``
+    with ``candidates("gbm", seed)``): every candidate fitted on train, the best validation AUROC kept
+    (ties and unscorable validation sets keep the more regularised); a class with no positive training
+    record is a constant 0 (one with only positives a constant 1). NaN features are allowed.
+
+    ``x_*`` are ``(n, n_features)`` (used as float32 values, :func:`as_float32`), ``y_*`` ``(n, n_classes)``
+    0/1; ``labels`` only name the classes in ``chosen`` and ``notes``. Single-threaded (threadpoolctl):
+    on a few thousand records OpenMP costs more than it gains on a shared machine (baseline.py).
+    """
+    x_train, x_val = as_float32(x_train), as_float32(x_val)
+    y_train, y_val = np.asarray(y_train).astype(int), np.asarray(y_val).astype(int)
+    if x_train.ndim != 2 or x_val.ndim != 2 or x_train.shape[1] != x_val.shape[1]:
+        raise ValueError(f"expected 2-D feature matrices of equal width, got {x_train.shape} and {x_val.shape}")
+    if y_train.ndim != 2 or y_val.ndim != 2 or y_val.shape[1] != y_train.shape[1] or len(y_train) != len(x_train) or len(y_val) != len(x_val):
+        raise ValueError(f"targets {y_train.shape}/{y_val.shape} do not fit features {x_train.shape}/{x_val.shape}")
+    if len(x_train) == 0:
+        raise ValueError("no training record to fit the feature model on")
+    n_classes = y_train.shape[1]
+    names = list(labels) if labels is not None else [f"class {k}" for k in range(n_classes)]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} labels for {n_classes} target columns")
+    n_tr = len(x_train)
+    x = np.vstack([x_train, x_val])
+    y = np.vstack([y_train, y_val])
+    split = {"train": list(range(n_tr)), "val": list(range(n_tr, len(x)))}
+    factories = dict(candidates("gbm", seed))
+    estimators: list[HistGradientBoostingClassifier | float] = []
+    chosen: list[str] = []
+    with threadpool_limits(limits=1):
+        fp = fit_predict("gbm", x, y, split, seed, names)
+        for k, name in enumerate(names):
+            desc = fp["chosen"][name]
+            chosen.append(desc)
+            if desc.startswith("constant "):
+                estimators.append(float(desc.split()[1]))
+                continue
+            # fit_predict returns probabilities, not models: refit the chosen candidate. Same data, fixed
+            # random_state and no early stopping make it the very model fit_predict scored (checked).
+            est = factories[desc]().fit(x_train, y_train[:, k])
+            if len(x_val) and not np.allclose(est.predict_proba(x_val)[:, 1], fp["probs"]["val"][:, k], atol=1e-12):
+                raise RuntimeError(f"refitting {name} ({desc}) did not reproduce the model chosen on validation")
+            estimators.append(est)
+    return FeatureModel(estimators, chosen, x_train.shape[1], list(fp["notes"]))
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+
+def _class_nodes(est: HistGradientBoostingClassifier, n_features: int, k: int) -> tuple[onnx.ModelProto, str]:
+    """skl2onnx's graph of one class, names prefixed ``c{k}_`` (the shared input keeps its name), and the
+    name of its ``(n, 2)`` probability output."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(
+        est, initial_types=[(FEATURE_MODEL_INPUT, FloatTensorType([None, n_features]))],
+        options={id(est): {"zipmap": False}}, target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    onx = onnx.compose.add_prefix(onx, f"c{k}_", rename_inputs=False)
+    probs = [o.name for o in onx.graph.output if o.name.endswith("probabilities")]
+    if len(probs) != 1:
+        raise RuntimeError(f"unexpected skl2onnx outputs {[o.name for o in onx.graph.output]}")
+    return onx, probs[0]
+
+
+def feature_model_to_onnx(
+    model: FeatureModel, feature_names: Sequence[str], labels: Sequence[str], *, engine: str = "numpy",
+) -> onnx.ModelProto:
+    """One ONNX graph for the whole feature model: input ``features`` float32 [batch, n_features],
+    output ``probabilities`` float32 [batch, n_classes] (positive-class probability per class, in
+    ``labels`` order).
+
+    Each class's classifier is converted by skl2onnx (a ``TreeEnsembleClassifier`` node whose branches
+    keep scikit-learn's NaN direction); its positive column is sliced out, constant classes are a
+    ``ConstantOfShape``, and one ``Concat`` joins the columns. Metadata: ``ecglite.feature_model``
+    (format version), ``labels``, ``feature_names``, ``feature_engine``, ``chosen``.
+    """
+    names, labels = list(feature_names), list(labels)
+    if len(names) != model.n_features:
+        raise ValueError(f"{len(names)} feature names for a model of {model.n_features} features")
+    if len(labels) != len(model.estimators):
+        raise ValueError(f"{len(labels)} labels for a model of {len(model.estimators)} classes")
+    nodes: list[onnx.NodeProto] = []
+    inits = [
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "two"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+    ]
+    opsets = {"": OPSET}
+    ir_version = 8  # onnxruntime >= 1.14 reads it; raised below if skl2onnx wrote a newer one
+    columns = []
+    have_batch_shape = False
+    for k, est in enumerate(model.estimators):
+        col = f"p{k}"
+        if isinstance(est, float):
+            if not have_batch_shape:  # [batch, 1] from the input's shape, built once
+                nodes += [
+                    helper.make_node("Shape", [FEATURE_MODEL_INPUT], ["input_shape"]),
+                    helper.make_node("Slice", ["input_shape", "zero", "one", "zero"], ["batch"]),
+                    helper.make_node("Concat", ["batch", "one"], ["batch_by_1"], axis=0),
+                ]
+                have_batch_shape = True
+            value = helper.make_tensor(f"value{k}", TensorProto.FLOAT, [1], [est])
+            nodes.append(helper.make_node("ConstantOfShape", ["batch_by_1"], [col], value=value))
+        else:
+            onx, probs = _class_nodes(est, model.n_features, k)
+            nodes += list(onx.graph.node)
+            inits += list(onx.graph.initializer)
+            for imp in onx.opset_import:
+                opsets[imp.domain] = max(opsets.get(imp.domain, 0), imp.version)
+            ir_version = max(ir_version, onx.ir_version)
+            nodes.append(helper.make_node("Slice", [probs, "one", "two", "one"], [col]))  # column 1: positive class
+        columns.append(col)
+    nodes.append(helper.make_node("Concat", columns, [FEATURE_MODEL_OUTPUT], axis=1))
+    graph = helper.make_graph(
+        nodes, "ecglite_feature_model",
+        [helper.make_tensor_value_info(FEATURE_MODEL_INPUT, TensorProto.FLOAT, ["batch", len(names)])],
+        [helper.make_tensor_value_info(FEATURE_MODEL_OUTPUT, TensorProto.FLOAT, ["batch", len(labels)])],
+        initializer=inits,
+    )
+    out = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="ecg-lite export.pipeline", ir_version=ir_version,
+    )
+    helper.set_model_props(out, {
+        FEATURE_MODEL_MARKER: "1",
+        "labels": json.dumps(labels),
+        "feature_names": json.dumps(names),
+        "feature_engine": engine,
+        "chosen": json.dumps(dict(zip(labels, model.chosen))),
+        "classifier": "HistGradientBoostingClassifier per class (scikit-learn), converted by skl2onnx",
+    })
+    onnx.checker.check_model(out)
+    return out
+
+
+def write_pipeline(network: Path | str, feature_model: onnx.ModelProto, spec: PipelineSpec, folder: Path | str) -> Path:
+    """Write ``folder/model.int8.onnx`` (a copy of ``network`` with the ``pipeline`` metadata key set to
+    ``spec``) and ``folder/<spec.feature_model>``; returns the network copy's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    net = onnx.load(str(network))
+    props = {p.key: p.value for p in net.metadata_props}
+    props[PIPELINE_KEY] = spec.to_json()
+    del net.metadata_props[:]
+    helper.set_model_props(net, props)
+    onnx.save(net, str(folder / NETWORK_FILE))
+    onnx.save(feature_model, str(folder / spec.feature_model))
+    return folder / NETWORK_FILE
+
+
+# --- fusion -------------------------------------------------------------------------------------
+
+
+def macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean AUROC over the classes where it is defined (both outcomes present); NaN if none is."""
+    y = np.asarray(y).astype(int)
+    names = [str(k) for k in range(y.shape[1])]
+    return float(multilabel_metrics(y, p, names, [0.5] * len(names))["macro"]["auroc"])
+
+
+def choose_weight(
+    p_net_val: np.ndarray, p_feat_val: np.ndarray, y_val: np.ndarray, grid: Sequence[float] = WEIGHT_GRID,
+) -> float:
+    """The network weight ``w`` of ``w * p_net + (1 - w) * p_feat`` with the best macro AUROC on the
+    (validation) records over ``grid`` (0, 0.1, ..., 1). Ties (to 1e-9) go to the ``w`` closer to 0.5,
+    then to the larger ``w`` (the network); with no scorable class the answer is 0.5."""
+    best: tuple[float, float, float] | None = None
+    for w in grid:
+        score = macro_auroc(y_val, fuse(p_net_val, p_feat_val, float(w)))
+        score = -math.inf if math.isnan(score) else round(score, 9)
+        key = (score, -abs(float(w) - 0.5), float(w))
+        if best is None or key > best:
+            best = key
+    if best is None or best[0] == -math.inf:
+        return 0.5
+    return best[2]
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, object]:
+    """CPU model, VNNI (int8 kernels about twice as fast relative to fp32 with it: PLATFORM.md), cores."""
+    import onnxruntime as ort
+
+    cpu, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and cpu == "unknown":
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": cpu, "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags, "cores": os.cpu_count(),
+            "onnxruntime": ort.__version__}
+
+
+@dataclass
+class _Scored:
+    keys: list[str]
+    y: np.ndarray
+    network: np.ndarray
+    features: np.ndarray
+    final: np.ndarray
+    skipped: list[dict]
+
+
+def _score(clf: Classifier, entries: Sequence[Entry], label_set: str, n_classes: int) -> _Scored:
+    """Every record through the app's ``Classifier.predict`` (records it refuses are listed, not scored)."""
+    keys, ys, pn, pf, pp, skipped = [], [], [], [], [], []
+    for e in entries:
+        try:
+            rec = load(e)
+            pred = clf.predict(rec.signal, rec.fs)
+        except (RecordError, ClassifyError) as exc:
+            skipped.append({"record": e.key, "reason": str(exc)})
+            continue
+        keys.append(e.key)
+        ys.append(e.targets(label_set))
+        pn.append(pred.network)
+        pf.append(pred.features)
+        pp.append(pred.probabilities)
+    shape = (0, n_classes)
+    arr = lambda v: np.array(v, dtype=np.float64) if v else np.zeros(shape)  # noqa: E731
+    return _Scored(keys, np.array(ys, dtype=int).reshape(-1, n_classes), arr(pn), arr(pf), arr(pp), skipped)
+
+
+def _latency(clf: Classifier, entries: Sequence[Entry], n: int) -> dict:
+    """Median over ``n`` records of about 10 s of ``Classifier.predict`` (preprocessing, network, features,
+    feature model, fusion; not reading), 1 thread (onnxruntime and numpy/scipy's BLAS/OpenMP pools)."""
+    signals = []
+    for e in entries:
+        if len(signals) == n:
+            break
+        try:
+            rec = load(e)
+        except RecordError:
+            continue
+        if abs(rec.duration_s - 10.0) <= 0.05:
+            signals.append((rec.signal, rec.fs))
+    if not signals:
+        return {"records": 0}
+    totals, parts = [], {}
+    with threadpool_limits(limits=1):
+        clf.predict(*signals[0])  # warm-up (first-run allocations)
+        for sig, fs in signals:
+            t = time.perf_counter()
+            pred = clf.predict(sig, fs)
+            totals.append((time.perf_counter() - t) * 1e3)
+            for k, v in pred.timings_ms.items():
+                parts.setdefault(k, []).append(v)
+    rates: dict[str, int] = {}
+    for _, fs in signals:
+        rates[f"{fs:g}"] = rates.get(f"{fs:g}", 0) + 1
+    return {
+        "records": len(signals), "record_seconds": 10, "rates_hz": rates, "threads": 1,
+        "median_ms": statistics.median(totals), "max_ms": max(totals),
+        "median_parts_ms": {k: statistics.median(v) for k, v in parts.items()},
+    }
+
+
+def _metrics(y: np.ndarray, p: np.ndarray, labels: list[str], thresholds: Sequence[float]) -> dict | None:
+    return multilabel_metrics(y, p, labels, list(thresholds)) if len(y) else None
+
+
+def run_pipeline(
+    checkpoint: Path, network: Path, data: Path, out: Path, *, cache_dir: Path | None = None, workers: int = 1,
+    latency_records: int = 20, max_size_mb: float = MAX_SIZE_MB, log=print,
+) -> dict:
+    """Build, score and write the pipeline (module docstring); returns the report dict."""
+    ckpt = load_checkpoint(checkpoint)
+    labels, label_set = list(ckpt.labels), ckpt.label_set
+    try:
+        net_meta = read_onnx_metadata(str(network))
+    except MetadataError as exc:
+        raise PipelineError(str(exc)) from None
+    if net_meta.labels != labels:
+        raise PipelineError(f"{network}: labels {net_meta.labels} differ from the checkpoint's {labels}")
+    if sorted(net_meta.split.get("test_ids", [])) != sorted(ckpt.split.get("test_ids", [])):
+        raise PipelineError(f"{network} was not exported from {checkpoint}: their test splits differ")
+    out = Path(out)
+    if out.resolve() == Path(network).resolve().parent:
+        raise PipelineError(f"--out {out} is the network's folder: its {NETWORK_FILE} and report.* would be overwritten")
+
+    rate = int(ckpt.data_options["ptbxl_rate"])  # read records as training did
+    entries = [e for e in scan(data, ptbxl_rate=rate, progress=False).entries if e.n_leads == 12]
+    val_ids, test_ids = set(ckpt.split.get("val_ids", [])), set(ckpt.split.get("test_ids", []))
+    val = [e for e in entries if e.key in val_ids]
+    test = [e for e in entries if e.key in test_ids]
+    train = [e for e in entries if e.key not in val_ids and e.key not in test_ids]
+    if not val:
+        raise PipelineError(
+            f"none of the checkpoint's {len(val_ids)} validation records is under {data}: the weight and thresholds "
+            "are chosen on them (give the folder the network was trained on)"
+        )
+    if not train:
+        raise PipelineError(f"no training record under {data} outside the checkpoint's validation and test ids")
+    log(f"[1/5] records under {data} (PTB-XL at {rate} Hz where present): train {len(train)}, "
+        f"validation {len(val)} of {len(val_ids)}, test {len(test)} of {len(test_ids)}")
+
+    x, seconds = feature_matrix(train + val + test, cache_dir or DEFAULT_CACHE_DIR, engine="numpy", workers=workers,
+                                progress=sys.stderr.isatty())
+    log(f"      numpy expert features ({x.shape[1]}): " + ("from the cache" if seconds is None else f"{seconds:.1f} s"))
+    y = np.array([e.targets(label_set) for e in train + val + test], dtype=int).reshape(len(x), -1)
+    n_tr, n_va = len(train), len(val)
+    seed = int(ckpt.split.get("seed", 0))
+    log(f"[2/5] gradient boosting per class on {n_tr} training records (hyper-parameters on validation AUROC)")
+    fm = fit_feature_model(x[:n_tr], y[:n_tr], x[n_tr:n_tr + n_va], y[n_tr:n_tr + n_va], seed, labels=labels)
+    for note in fm.notes:
+        log(f"      note: {note}")
+    feat_onnx = feature_model_to_onnx(fm, list(EXPERT_NAMES), labels)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out.parent))
+    try:
+        # Pass 1 through the app with a provisional weight: the two parts' probabilities on val/test.
+        spec = PipelineSpec(FEATURE_FILE, "numpy", list(EXPERT_NAMES), 0.5, list(net_meta.thresholds))
+        write_pipeline(network, feat_onnx, spec, tmp)
+        log(f"[3/5] validation and test records through the app (mobile_app.inference)")
+        first_val = _score(Classifier(tmp / NETWORK_FILE), val, label_set, len(labels))
+        if not first_val.keys:
+            raise PipelineError("the app scored none of the validation records")
+        w = choose_weight(first_val.network, first_val.features, first_val.y)
+        fused_thr = tune_thresholds(first_val.y, fuse(first_val.network, first_val.features, w))
+        feat_thr = tune_thresholds(first_val.y, first_val.features)
+        grid = {f"{g:.1f}": macro_auroc(first_val.y, fuse(first_val.network, first_val.features, g)) for g in WEIGHT_GRID}
+        log(f"      network weight w = {w:g} (validation macro AUROC {grid[f'{w:.1f}']:.4f})")
+        # Pass 2: the final files, as the app will run them; every reported figure comes from here.
+        spec = PipelineSpec(FEATURE_FILE, "numpy", list(EXPERT_NAMES), w, fused_thr)
+        write_pipeline(network, feat_onnx, spec, tmp)
+        clf = Classifier(tmp / NETWORK_FILE)
+        scored = {"validation": _score(clf, val, label_set, len(labels)), "test": _score(clf, test, label_set, len(labels))}
+        # Checks: the app's feature model equals scikit-learn's on the cached rows; the app fused as specified.
+        where = {e.key: i for i, e in enumerate(train + val + test)}
+        rows = [where[k] for s in scored.values() for k in s.keys]
+        app_feat = np.vstack([s.features for s in scored.values()])
+        sk_feat = fm.predict_proba(x[rows]) if rows else app_feat
+        parity = float(np.max(np.abs(app_feat - sk_feat))) if rows else 0.0
+        fusion_err = max(float(np.max(np.abs(s.final - fuse(s.network, s.features, w)), initial=0.0)) for s in scored.values())
+        if fusion_err > 1e-6:
+            raise PipelineError(f"the app's fused probabilities differ from w*p_net+(1-w)*p_feat by {fusion_err:.2e}")
+        results: dict = {}
+        for part, s in scored.items():
+            results[part] = {
+                "records": len(s.keys), "skipped": s.skipped,
+                "network": _metrics(s.y, s.network, labels, net_meta.thresholds),
+                "features": _metrics(s.y, s.features, labels, feat_thr),
+                "pipeline": _metrics(s.y, s.final, labels, fused_thr),
+            }
+        log(f"[4/5] latency at 1 thread, {latency_records} records of 10 s")
+        lat = _latency(clf, test + val, latency_records)
+        sizes = {name: (tmp / name).stat().st_size / 1e6 for name in (NETWORK_FILE, FEATURE_FILE)}
+        total = sum(sizes.values())
+        if total > max_size_mb:
+            raise PipelineError(f"the pipeline's files take {total:.3f} MB, over the {max_size_mb:g} MB budget: {sizes}")
+        report = {
+            "checkpoint": str(checkpoint), "network": str(network), "data": str(data), "labels": labels,
+            "pipeline": json.loads(spec.to_json()),
+            "decided_on": "validation",
+            "records": {"train": n_tr, "validation": len(scored["validation"].keys), "test": len(scored["test"].keys)},
+            "feature_model": {"chosen": dict(zip(labels, fm.chosen)), "notes": fm.notes, "features": len(EXPERT_NAMES),
+                              "thresholds_alone": feat_thr, "onnx_vs_sklearn_max_abs_diff": parity},
+            "network_thresholds": list(net_meta.thresholds),
+            "weight_grid_validation_macro_auroc": grid,
+            "results": results,
+            "sizes_mb": {**sizes, "total": total, "budget": max_size_mb},
+            "latency": {**lat, "budget_ms": MAX_LATENCY_MS,
+                        "within_budget": bool(lat.get("records")) and lat["median_ms"] <= MAX_LATENCY_MS},
+            "machine": machine(),
+        }
+        (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+        (tmp / "report.md").write_text(markdown(report))
+        log(f"[5/5] writing {out}")
+        if out.exists():
+            for name in OUTPUTS:  # each replace is atomic; the folder may hold other files
+                os.replace(tmp / name, out / name)
+        else:
+            os.rename(tmp, out)
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clean(v):
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return None if math.isnan(float(v)) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def markdown(r: dict) -> str:
+    """The report: validation (where w and thresholds were chosen) and test (reported only) figures."""
+    p, m, lat, sz = r["pipeline"], r["machine"], r["latency"], r["sizes_mb"]
+    lines = [
+        "# Fused pipeline report", "",
+        f"Network `{r['network']}` + gradient boosting on {r['feature_model']['features']} numpy expert features; "
+        f"p = {p['network_weight']:g} x network + {1 - p['network_weight']:g} x features ({p['combine']}).",
+        f"Feature model fitted on {r['records']['train']} training records; its hyper-parameters, the weight and the "
+        "thresholds chosen on the validation records; test records reported only. All figures through "
+        "`mobile_app.inference` (the app's path).", "",
+        "| records | part | macro F1 | macro AUROC |", "|---|---|---|---|",
+    ]
+    for part in ("validation", "test"):
+        res = r["results"][part]
+        for kind in ("network", "features", "pipeline"):
+            mm = res[kind]
+            lines.append(f"| {part} ({res['records']}) | {kind} | {_f(mm and mm['macro']['f1'])} | {_f(mm and mm['macro']['auroc'])} |")
+    for part in ("validation", "test"):
+        res = r["results"][part]
+        if not res["records"]:
+            continue
+        lines += ["", f"Per class, {part} (F1 / AUROC):", "",
+                  "| class | n+ | network | features | pipeline |", "|---|---|---|---|---|"]
+        for name in r["labels"]:
+            cells = [f"{_f(res[k]['per_class'][name]['f1'])} / {_f(res[k]['per_class'][name]['auroc'])}" for k in ("network", "features", "pipeline")]
+            lines.append(f"| {name} | {res['pipeline']['per_class'][name]['positives']} | " + " | ".join(cells) + " |")
+    lines += [
+        "", f"Validation macro AUROC by network weight: "
+        + ", ".join(f"{k}: {_f(v)}" for k, v in r["weight_grid_validation_macro_auroc"].items()),
+        f"Feature model per class: " + "; ".join(f"{k} {v}" for k, v in r["feature_model"]["chosen"].items()),
+        f"Feature model ONNX vs scikit-learn on the scored records: max |diff| {r['feature_model']['onnx_vs_sklearn_max_abs_diff']:.2e}",
+        "",
+        f"Files: `{NETWORK_FILE}` {sz[NETWORK_FILE]:.3f} MB + `{FEATURE_FILE}` {sz[FEATURE_FILE]:.3f} MB = "
+        f"{sz['total']:.3f} MB (budget {sz['budget']:g} MB)",
+    ]
+    if lat.get("records"):
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in lat["median_parts_ms"].items())
+        lines.append(
+            f"Latency per 10 s record, 1 thread, median of {lat['records']} records ({', '.join(f'{n} at {hz} Hz' for hz, n in lat['rates_hz'].items())}): "
+            f"{lat['median_ms']:.1f} ms (max {lat['max_ms']:.1f}; budget {lat['budget_ms']:g} ms); median parts (ms): {parts}"
+        )
+    else:
+        lines.append("Latency: no record of 10 s among the validation and test records")
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, AVX512-VNNI {'yes' if m['avx512_vnni'] else 'no'}; onnxruntime {m['onnxruntime']}")
+    for part in ("validation", "test"):
+        for s in r["results"][part]["skipped"]:
+            lines.append(f"- skipped ({part}) {s['record']}: {s['reason']}")
+    for note in r["feature_model"]["notes"]:
+        lines.append(f"- note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m export.pipeline", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of the training run (its split and data options)")
+    p.add_argument("--network", type=Path, required=True, help="the int8 ONNX network exported from that checkpoint")
+    p.add_argument("--data", type=Path, default=default_data_dir(), help="data folder with the checkpoint's records (env ECG_DATA)")
+    p.add_argument("--out", type=Path, required=True, help=f"folder for {', '.join(OUTPUTS)}")
+    p.add_argument("--cache-dir", type=Path, default=None, help=f"feature cache (default {DEFAULT_CACHE_DIR})")
+    p.add_argument("--workers", type=int, default=1, help="processes computing features on a cache miss")
+    p.add_argument("--latency-records", type=int, default=20, help="10 s records timed (median reported)")
+    p.add_argument("--max-size-mb", type=float, default=MAX_SIZE_MB, help="fail when the two files take more")
+    args = p.parse_args(argv)
+    if args.workers < 1 or args.latency_records < 1:
+        print("error: --workers and --latency-records must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = run_pipeline(
+            args.checkpoint, args.network, args.data, args.out, cache_dir=args.cache_dir, workers=args.workers,
+            latency_records=args.latency_records, max_size_mb=args.max_size_mb,
+        )
+    except (PipelineError, CheckpointError, ValueError, FileNotFoundError, ClassifyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
