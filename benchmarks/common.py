@@ -5,17 +5,25 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# One implementation for the export report and the benchmarks (export/cpu.py: standard library only).
+from export.cpu import cpu_class as _cpu_class  # noqa: E402
+from export.cpu import cpu_features  # noqa: E402,F401  (re-exported: benchmarks.common.cpu_features)
+
+
+def cpu_class() -> str:
+    """This machine in one line for beside a latency figure, e.g. 'Intel Xeon, AVX512-VNNI' or
+    'AMD EPYC 7763, AVX2 (no VNNI)' (int8 speed-ups differ about twofold between the two: PLATFORM.md)."""
+    return _cpu_class(cpu_features())
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return str(cpu_features().get("model") or platform.processor() or "unknown CPU")
 
 
 def machine_line() -> str:
@@ -27,6 +35,6 @@ def machine_line() -> str:
         commit = "?"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+        f"Machine: {cpu_model()} ({cpu_class()}), {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
         f"torch {torch.__version__}; commit {commit or '?'}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     )
