@@ -1,13 +1,14 @@
 """Compare every registered model, the classical baseline, and central vs federated vs local training.
 
-    python benchmarks/compare_models.py [--data DIR] [--seeds 0 1 2] [--epochs 20] [--rounds 20]
+    python benchmarks/compare_zoo.py [--data DIR] [--seeds 0 1 2] [--epochs 20] [--rounds 20]
 
 Part 1 trains every model of the registry centrally on the same patient split (one per seed) and
 adds the expert-feature baseline (logistic regression, gradient boosting) on that split. Part 2
 trains ``resnet1d18`` centrally, federated over sites (FedAvg), and locally on each site alone.
 Everything is chosen on validation; the tables report the held-out test split (mean and spread over
 seeds). Each run lives in ``--runs-dir/<name>/seed<k>``; a finished run is reused, so a killed
-benchmark resumes where it stopped. Writes ``benchmarks/results/compare_models.md`` and a PNG.
+benchmark resumes where it stopped. Writes ``benchmarks/results/compare_zoo.md`` and a PNG (the single-split comparison made on the first 685
+records; the cross-validated comparison the product is judged on is ``benchmarks/compare_models.py``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "compare")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ecg-lite")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "compare_models.md")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "compare_zoo.md")
     p.add_argument("--skip-federated", action="store_true")
     p.add_argument("--no-train", action="store_true", help="only tabulate finished runs (a partial table, marked)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for every training run")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             ms = [m["sites"].get(site) if m else None for m in local]
             n = next((x["train_records"] for x in ms if x), "?")
             lines.append(f"| local only: {site} ({n} training records) | {stat([macro(x)[0] for x in ms])} | {stat([macro(x)[1] for x in ms])} |")
-    lines += ["", f"Command: `python benchmarks/compare_models.py --data {args.data} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} --rounds {args.rounds}`", ""]
+    lines += ["", f"Command: `python benchmarks/compare_zoo.py --data {args.data} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} --rounds {args.rounds}`", ""]
     atomic_write_text(args.out, "\n".join(lines))
     _plot(plot_rows, args.out.with_suffix(".png"))
     print("\n".join(lines))
