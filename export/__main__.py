@@ -3,7 +3,12 @@
 Writes ``model.onnx`` (fp32, parity-checked), ``model.int8.onnx`` (static QDQ int8, calibrated on the
 checkpoint's training records, gated against fp32 on its validation records, with the same figures on
 its test records reported beside and never used to choose), ``report.json`` and
-``report.md``. Everything is built in a temporary folder and moved into ``--out`` only when the whole
+``report.md``. Every latency figure is written beside the CPU it was measured on (model, VNNI/AMX/AVX2,
+ARM dotprod/i8mm: ``export/cpu.py``), and so is the gate: the export gate runs on whatever machine
+exports, with that CPU's onnxruntime int8 kernels; the app runs the file on other CPUs. Weights are
+quantized to 7 bits by default (``--reduce-range``; ``--no-reduce-range`` for 8 bits): u8 x s8 kernels
+can saturate on x86 CPUs without VNNI, where the gate never ran (``export/quantize.py``).
+Everything is built in a temporary folder and moved into ``--out`` only when the whole
 export succeeded: a failed export leaves nothing half-written.
 """
 
@@ -23,8 +28,9 @@ from cpsc2018.util import default_data_dir
 from export.gate import compare, gather, judge, record_probs
 from export.metadata import ModelMeta
 from export.onnx_export import ExportError, export_fp32, meta_from_checkpoint, parity, write_metadata
-from export.quantize import METHODS, WindowReader, quantize, recipes
-from export.report import latency, machine, markdown
+from export.cpu import cpu_class, cpu_features
+from export.quantize import DEFAULT_REDUCE_RANGE, METHODS, WindowReader, quantize, recipes
+from export.report import GATE_MACHINE_NOTE, latency, machine, markdown
 from export.runtime import OnnxPredictor
 from federated.checkpoint import CheckpointError, load_checkpoint
 
@@ -34,7 +40,7 @@ OUTPUTS = ("model.onnx", "model.int8.onnx", "report.json", "report.md")
 def run_export(
     checkpoint: Path, data: Path, out: Path, *, opset: int = 17, method: str = "minmax", max_f1_drop: float | None = None,
     min_agreement: float = 0.97, max_auroc_drop: float = 0.01, calibration_records: int = 100, repeats: int = 50,
-    log=print,
+    reduce_range: bool = DEFAULT_REDUCE_RANGE, log=print,
 ) -> dict:
     ckpt = load_checkpoint(checkpoint)
     # Older checkpoints: write the resolved data options into the split that the ONNX metadata copies.
@@ -60,8 +66,11 @@ def run_export(
         y = data_.validation.targets
         features = OnnxPredictor(str(fp32)).features(data_.calibration)
         attempts, chosen, gate = [], None, None
-        options = recipes(fp32, method)
-        log(f"[2/4] int8 static quantization (QDQ), up to {len(options)} recipes, judged on {len(y)} validation records")
+        options = recipes(fp32, method, reduce_range)
+        cpu = cpu_features()
+        cls = cpu_class(cpu)
+        log(f"[2/4] int8 static quantization (QDQ, {'7' if reduce_range else '8'}-bit weights), up to {len(options)} recipes, "
+            f"judged on {len(y)} validation records on this machine: {cls}")
         for i, recipe in enumerate(options, 1):
             quantize(fp32, int8, WindowReader(data_.calibration, features), recipe)
             p8 = record_probs(OnnxPredictor(str(int8)), data_.validation)
@@ -83,8 +92,8 @@ def run_export(
             test_figures = compare(t32, t8, data_.test.targets, list(ckpt.labels), list(ckpt.thresholds))
             log(f"      test records (reported only): agreement {test_figures['agreement']:.3f}, AUROC drop {test_figures['auroc_drop']:+.4f}, F1 drop {test_figures['f1_drop']:+.4f}")
         attempt, recipe = chosen
-        write_metadata(int8, meta_from_checkpoint(ckpt, {"format": "QDQ", "weights": "int8", "activations": "uint8", **recipe.to_dict(), "calibration_windows": len(data_.calibration)}))
-        log("[4/4] latency")
+        write_metadata(int8, meta_from_checkpoint(ckpt, {"format": "QDQ", "weights": "int8", **recipe.to_dict(), "calibration_windows": len(data_.calibration), "gate_cpu": cls}))
+        log(f"[4/4] latency on {cls}")
         lat = latency(fp32, int8, wrapped, data_.calibration[0], repeats, features)
         report = {
             "model_name": ckpt.model_name,
@@ -95,16 +104,22 @@ def run_export(
             "attempts": attempts,
             "gate": gate.to_dict(),
             "decided_on": "validation",
+            # The gate's figures come from this machine's onnxruntime int8 kernels (see GATE_MACHINE_NOTE).
+            "gate_machine": {"cpu_class": cls, "cpu_features": cpu, "note": GATE_MACHINE_NOTE},
             "records_note": data_.note,
             "validation_records": len(y),
             "test_records": len(data_.test.keys),
             "test": {k: (None if isinstance(v, float) and v != v else v) for k, v in test_figures.items()},
             "latency_ms": lat,
+            # The CPU of every figure in latency_ms and speedups (int8 speed-ups differ about twofold
+            # between CPUs with and without VNNI: PLATFORM.md).
+            "latency_cpu": {"cpu_class": cls, "cpu_features": cpu},
             "speedups": {
                 "int8_vs_ort_fp32": lat["ort_fp32 1 thread"] / lat["ort_int8 1 thread"],
                 "int8_vs_torch": lat["torch 1 thread"] / lat["ort_int8 1 thread"],
+                "cpu_class": cls,
             },
-            "machine": machine(),
+            "machine": machine(cpu),
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))
@@ -128,12 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-method", choices=sorted(METHODS), default="minmax")
     p.add_argument("--calibration-records", type=int, default=100, help="training records used for calibration (2 windows each)")
     p.add_argument("--repeats", type=int, default=50, help="latency repeats")
+    p.add_argument(
+        "--reduce-range", action=argparse.BooleanOptionalAction, default=DEFAULT_REDUCE_RANGE,
+        help="7-bit weights: avoids the u8 x s8 saturation onnxruntime documents on x86 CPUs without VNNI (AVX2 only); "
+        "--no-reduce-range gives 8-bit weights for CPUs known to have VNNI (export/quantize.py has the figures)",
+    )
     args = p.parse_args(argv)
     try:
         report = run_export(
             args.checkpoint, args.calibration_data, args.out, opset=args.opset, method=args.calibration_method,
             max_f1_drop=args.max_f1_drop, min_agreement=args.min_agreement, max_auroc_drop=args.max_auroc_drop,
             calibration_records=args.calibration_records, repeats=args.repeats,
+            reduce_range=args.reduce_range,
         )
     except (CheckpointError, ExportError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,8 +13,14 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from export.cpu import cpu_class, cpu_features
 from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME
 from export.runtime import make_session
+
+GATE_MACHINE_NOTE = (
+    "the export gate runs on whatever machine exports: its int8 figures (agreement, AUROC) come from this CPU's "
+    "onnxruntime kernels; on an x86 CPU without VNNI the u8 x s8 kernels can saturate (7-bit weights, reduce_range, avoid it)"
+)
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -53,15 +59,12 @@ def latency(
     return out
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+def machine(features: dict | None = None) -> dict:
+    """The machine of the export: CPU model, its class and int8 features (``export/cpu.py``), software."""
+    info = cpu_features() if features is None else features
     return {
-        "cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-        "onnxruntime": ort.__version__, "torch": torch.__version__,
+        "cpu": info["model"], "cpu_class": cpu_class(info), "cpu_features": info, "cores": str(os.cpu_count()),
+        "python": platform.python_version(), "onnxruntime": ort.__version__, "torch": torch.__version__,
     }
 
 
@@ -69,14 +72,20 @@ def markdown(r: dict) -> str:
     """The report: the gate's figures on validation records beside the same figures on test records."""
     g = r["gate"]
     lat = r["latency_ms"]
+    m = r["machine"]
+    lat_cpu = (r.get("latency_cpu") or {}).get("cpu_class") or m.get("cpu_class") or m["cpu"]
+    gate_cpu = (r.get("gate_machine") or {}).get("cpu_class") or lat_cpu
+    q = r["quantization"]
     lines = [
         f"# Export report: {r['model_name']}",
         "",
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores; onnxruntime {r['machine']['onnxruntime']}, torch {r['machine']['torch']}",
+        f"Machine: {m['cpu']} ({m.get('cpu_class', 'int8 features not recorded')}), {m['cores']} cores; onnxruntime {r['machine']['onnxruntime']}, torch {r['machine']['torch']}",
         "",
         f"- fp32 `model.onnx`: {r['sizes_mb']['fp32']:.3f} MB; int8 `model.int8.onnx`: {r['sizes_mb']['int8']:.3f} MB",
         f"- parity torch vs ONNX fp32 on {r['parity']['windows']} real windows: max |diff| {r['parity']['max_abs_diff']:.2e}",
-        f"- quantization: {r['quantization']['note']} (attempt {r['quantization']['attempt']} of {r['quantization']['attempts_available']})",
+        f"- quantization: {q['note']} (attempt {q['attempt']} of {q['attempts_available']}); "
+        f"weights {'7 bits (reduce_range)' if q.get('reduce_range') else '8 bits'}, activations {q.get('activations', 'uint8')}",
+        f"- gate ran on: {gate_cpu} ({GATE_MACHINE_NOTE})",
         f"- {r['records_note']}",
         "",
         f"| int8 vs fp32 | validation (gate), {r['validation_records']} records | test (reported only), {r['test_records']} records |",
@@ -97,14 +106,19 @@ def markdown(r: dict) -> str:
         f"| macro F1 drop | {pair('f1_drop', '+.4f')} |",
         f"| decision agreement (%) | {pair('agreement', '.2f', 100.0)} |",
         "",
-        f"Gate (validation records): {'passed' if g['passed'] else 'FAILED: ' + '; '.join(g['reasons'])}",
+        f"Gate (validation records, on {gate_cpu}): {'passed' if g['passed'] else 'FAILED: ' + '; '.join(g['reasons'])}",
         "",
-        "| latency, batch 1, median (ms) | value |",
-        "|---|---|",
+        "| latency, batch 1, median (ms) | value | CPU |",
+        "|---|---|---|",
     ]
-    lines += [f"| {k} | {v:.3f} |" for k, v in lat.items()]
+    lines += [f"| {k} | {v:.3f} | {lat_cpu} |" for k, v in lat.items()]
     s = r["speedups"]
-    lines += ["", f"Speed-up at 1 thread: int8 vs ORT fp32 {s['int8_vs_ort_fp32']:.2f}x, int8 vs torch eager {s['int8_vs_torch']:.2f}x", ""]
+    lines += [
+        "",
+        f"Speed-up at 1 thread on {lat_cpu}: int8 vs ORT fp32 {s['int8_vs_ort_fp32']:.2f}x, int8 vs torch eager {s['int8_vs_torch']:.2f}x "
+        "(int8 gains about half as much on x86 CPUs without VNNI: PLATFORM.md)",
+        "",
+    ]
     if r.get("attempts"):
         lines += ["Quantization attempts:", ""]
         lines += [f"- {a['note']}: {'passed' if a['passed'] else 'failed (' + '; '.join(a['reasons']) + ')'}" for a in r["attempts"]]

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -123,6 +124,7 @@ def test_int8_export_passes_gate_and_writes_everything(exported):
     assert report["sizes_mb"]["int8"] < report["sizes_mb"]["fp32"]
     graph = onnx.load(str(exported / "model.int8.onnx")).graph
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # static QDQ, not a copy of fp32
+    assert report["latency_cpu"]["cpu_class"] == report["gate_machine"]["cpu_class"] == report["machine"]["cpu_class"]
 
 
 def test_metadata_equals_checkpoint(exported, trained):
@@ -191,3 +193,55 @@ def test_failed_export_leaves_nothing_half_written(trained, data_dir, tmp_path, 
 def test_modelmeta_roundtrip():
     meta = ModelMeta("resnet1d18", {"num_classes": 6}, LABELS, "six", [0.3] * 6, PreprocessConfig().to_dict())
     assert ModelMeta.from_props(meta.to_props()) == meta
+
+
+def _small_folder(data_dir, tmp_path, n=60):
+    """A folder of links to the first ``n`` CPSC2018 records (header + signal)."""
+    folder = tmp_path / "data" / "cpsc2018"
+    folder.mkdir(parents=True)
+    for hea in sorted((data_dir / "cpsc2018").glob("*.hea"))[:n]:
+        for f in (hea, hea.with_suffix(".mat")):
+            (folder / f.name).symlink_to(f)
+    return folder.parent
+
+
+def test_report_records_cpu_beside_latency_and_gate(tmp_path, data_dir):
+    """Fast: an untrained narrow model on 60 records with the gate opened; checks what the report says
+    about the CPU (export/cpu.py) and that weights are 7-bit by default (reduce_range)."""
+    from export.cpu import FEATURE_NAMES, cpu_class
+
+    ckpt = _checkpoint("resnet1d18")
+    save_checkpoint(tmp_path / "m.pt", ckpt)
+    out = tmp_path / "out"
+    assert export_main([
+        "--checkpoint", str(tmp_path / "m.pt"), "--calibration-data", str(_small_folder(data_dir, tmp_path)), "--out", str(out),
+        "--min-agreement", "0", "--max-auroc-drop", "1", "--calibration-records", "8", "--repeats", "2",
+    ]) == 0
+    r = json.loads((out / "report.json").read_text())
+    cls = cpu_class()
+    assert r["latency_cpu"]["cpu_class"] == cls and r["speedups"]["cpu_class"] == cls
+    assert set(FEATURE_NAMES) <= set(r["latency_cpu"]["cpu_features"]["features"])
+    assert r["gate_machine"]["cpu_class"] == cls and "whatever machine exports" in r["gate_machine"]["note"]
+    assert r["machine"]["cpu_class"] == cls and "vnni" in r["machine"]["cpu_features"]
+    md = (out / "report.md").read_text()
+    assert md.count(cls) >= len(r["latency_ms"]) + 2  # every latency row, the gate line, the speed-up line
+    assert "gate ran on: " + cls in md
+    # 7-bit weights by default: every int8 weight within onnxruntime's reduced range [-64, 64], so that two
+    # u8 x s8 products (2 x 255 x 64 = 32,640) fit the signed 16-bit lane of AVX2 vpmaddubsw
+    assert r["quantization"]["reduce_range"] is True
+    q = read_onnx_metadata(str(out / "model.int8.onnx")).quantization
+    assert q["reduce_range"] is True and q["activations"] == "uint8" and q["gate_cpu"] == cls
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(out / "model.int8.onnx")).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    big = [w for w in weights if w.size > 64]
+    assert big and all(w.min() >= -64 and w.max() <= 64 for w in big)
+
+
+def test_reduce_range_flag(monkeypatch):
+    import export.__main__ as export_mod
+
+    seen = []
+    monkeypatch.setattr(export_mod, "run_export", lambda *a, **k: seen.append(k["reduce_range"]) or {})
+    monkeypatch.setattr(export_mod, "markdown", lambda r: "")
+    for flag in ([], ["--reduce-range"], ["--no-reduce-range"]):
+        assert export_mod.main(["--checkpoint", "x.pt", "--out", "o", *flag]) == 0
+    assert seen == [True, True, False]
