@@ -115,3 +115,16 @@ def test_this_machine_and_machine_line():
 def test_short_model():
     assert short_model("AMD EPYC 7763 64-Core Processor") == "AMD EPYC 7763"
     assert short_model("Intel(R) Xeon(R) Processor") == "Intel Xeon"
+
+
+def test_export_benchmark_other_cpus_section():
+    from benchmarks.export import OTHER_CPUS_TITLE, other_cpus_section, replace_section
+
+    section = other_cpus_section(None, "")
+    text = "# Export benchmark\n\n| table |\n"
+    once = replace_section(text, OTHER_CPUS_TITLE, section)
+    assert once.startswith(text) and once.count(OTHER_CPUS_TITLE) == 1
+    assert "AVX2 (no VNNI)" in once and "NOT measured by this benchmark" in once and "2.1x" in once
+    assert replace_section(once, OTHER_CPUS_TITLE, section) == once  # rewritten in place, not appended twice
+    before = once + "\n## later\n\ntext\n"
+    assert replace_section(before, OTHER_CPUS_TITLE, section).endswith("## later\n\ntext\n")
