@@ -95,7 +95,8 @@ class FeatureModel:
 
     estimators: list[HistGradientBoostingClassifier | float]
     chosen: list[str]  # per class: the hyper-parameters chosen on validation AUROC, or "constant p"
-    n_features: int
+    n_features: int  # width of the input (every feature name)
+    columns: list[int]  # the input columns the trees see: those with a value in some training record
     notes: list[str] = field(default_factory=list)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -103,6 +104,7 @@ class FeatureModel:
         x = as_float32(x)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected features of shape (n, {self.n_features}), got {x.shape}")
+        x = x[:, self.columns]
         out = np.empty((len(x), len(self.estimators)))
         for k, est in enumerate(self.estimators):
             out[:, k] = est if isinstance(est, float) else est.predict_proba(x)[:, 1]
@@ -116,7 +118,9 @@ def fit_feature_model(
     """Per class a gradient-boosting classifier, as the baseline fits it (``federated.baseline.fit_predict``
     with ``candidates("gbm", seed)``): every candidate fitted on train, the best validation AUROC kept
     (ties and unscorable validation sets keep the more regularised); a class with no positive training
-    record is a constant 0 (one with only positives a constant 1). NaN features are allowed.
+    record is a constant 0 (one with only positives a constant 1). NaN features are allowed; a column
+    that is NaN in every training record carries nothing (and the boosting's binning refuses it): the
+    model ignores it, but keeps taking the full-width input (named in ``notes``).
 
     ``x_*`` are ``(n, n_features)`` (used as float32 values, :func:`as_float32`), ``y_*`` ``(n, n_classes)``
     0/1; ``labels`` only name the classes in ``chosen`` and ``notes``. Single-threaded (threadpoolctl):
@@ -134,6 +138,10 @@ def fit_feature_model(
     names = list(labels) if labels is not None else [f"class {k}" for k in range(n_classes)]
     if len(names) != n_classes:
         raise ValueError(f"{len(names)} labels for {n_classes} target columns")
+    n_width = x_train.shape[1]
+    columns = [i for i in range(n_width) if not np.isnan(x_train[:, i]).all()]
+    notes = [f"feature column {i} is NaN in every training record: ignored" for i in range(n_width) if i not in columns]
+    x_train, x_val = x_train[:, columns], x_val[:, columns]
     n_tr = len(x_train)
     x = np.vstack([x_train, x_val])
     y = np.vstack([y_train, y_val])
@@ -155,20 +163,20 @@ def fit_feature_model(
             if len(x_val) and not np.allclose(est.predict_proba(x_val)[:, 1], fp["probs"]["val"][:, k], atol=1e-12):
                 raise RuntimeError(f"refitting {name} ({desc}) did not reproduce the model chosen on validation")
             estimators.append(est)
-    return FeatureModel(estimators, chosen, x_train.shape[1], list(fp["notes"]))
+    return FeatureModel(estimators, chosen, n_width, columns, notes + list(fp["notes"]))
 
 
 # --- ONNX ---------------------------------------------------------------------------------------
 
 
-def _class_nodes(est: HistGradientBoostingClassifier, n_features: int, k: int) -> tuple[onnx.ModelProto, str]:
-    """skl2onnx's graph of one class, names prefixed ``c{k}_`` (the shared input keeps its name), and the
-    name of its ``(n, 2)`` probability output."""
+def _class_nodes(est: HistGradientBoostingClassifier, n_features: int, k: int, source: str) -> tuple[onnx.ModelProto, str]:
+    """skl2onnx's graph of one class reading tensor ``source``, names prefixed ``c{k}_`` (the shared input
+    keeps its name), and the name of its ``(n, 2)`` probability output."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
     onx = convert_sklearn(
-        est, initial_types=[(FEATURE_MODEL_INPUT, FloatTensorType([None, n_features]))],
+        est, initial_types=[(source, FloatTensorType([None, n_features]))],
         options={id(est): {"zipmap": False}}, target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
     )
     onx = onnx.compose.add_prefix(onx, f"c{k}_", rename_inputs=False)
@@ -187,8 +195,9 @@ def feature_model_to_onnx(
 
     Each class's classifier is converted by skl2onnx (a ``TreeEnsembleClassifier`` node whose branches
     keep scikit-learn's NaN direction); its positive column is sliced out, constant classes are a
-    ``ConstantOfShape``, and one ``Concat`` joins the columns. Metadata: ``ecglite.feature_model``
-    (format version), ``labels``, ``feature_names``, ``feature_engine``, ``chosen``.
+    ``ConstantOfShape``, and one ``Concat`` joins the columns. Input columns the model ignores (NaN in
+    every training record) are dropped by a ``Gather`` first. Metadata: ``ecglite.feature_model``
+    (format version), ``labels``, ``feature_names``, ``feature_engine``, ``chosen``, ``ignored_features``.
     """
     names, labels = list(feature_names), list(labels)
     if len(names) != model.n_features:
@@ -196,35 +205,46 @@ def feature_model_to_onnx(
     if len(labels) != len(model.estimators):
         raise ValueError(f"{len(labels)} labels for a model of {len(model.estimators)} classes")
     nodes: list[onnx.NodeProto] = []
-    inits = [
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
-        numpy_helper.from_array(np.array([2], dtype=np.int64), "two"),
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
-    ]
+    inits: list[TensorProto] = []
+    consts: set[str] = set()  # int64 [value] initializers, added once each and only when used
+
+    def const(name: str, value: int) -> str:
+        if name not in consts:
+            consts.add(name)
+            inits.append(numpy_helper.from_array(np.array([value], dtype=np.int64), name))
+        return name
+
     opsets = {"": OPSET}
     ir_version = 8  # onnxruntime >= 1.14 reads it; raised below if skl2onnx wrote a newer one
+    source = FEATURE_MODEL_INPUT
+    if list(model.columns) != list(range(model.n_features)):
+        inits.append(numpy_helper.from_array(np.array(model.columns, dtype=np.int64), "used_columns"))
+        nodes.append(helper.make_node("Gather", [FEATURE_MODEL_INPUT, "used_columns"], ["used_features"], axis=1))
+        source = "used_features"
     columns = []
     have_batch_shape = False
     for k, est in enumerate(model.estimators):
         col = f"p{k}"
         if isinstance(est, float):
             if not have_batch_shape:  # [batch, 1] from the input's shape, built once
+                zero, one = const("zero", 0), const("one", 1)
                 nodes += [
                     helper.make_node("Shape", [FEATURE_MODEL_INPUT], ["input_shape"]),
-                    helper.make_node("Slice", ["input_shape", "zero", "one", "zero"], ["batch"]),
-                    helper.make_node("Concat", ["batch", "one"], ["batch_by_1"], axis=0),
+                    helper.make_node("Slice", ["input_shape", zero, one, zero], ["batch"]),
+                    helper.make_node("Concat", ["batch", one], ["batch_by_1"], axis=0),
                 ]
                 have_batch_shape = True
             value = helper.make_tensor(f"value{k}", TensorProto.FLOAT, [1], [est])
             nodes.append(helper.make_node("ConstantOfShape", ["batch_by_1"], [col], value=value))
         else:
-            onx, probs = _class_nodes(est, model.n_features, k)
+            onx, probs = _class_nodes(est, len(model.columns), k, source)
             nodes += list(onx.graph.node)
             inits += list(onx.graph.initializer)
             for imp in onx.opset_import:
                 opsets[imp.domain] = max(opsets.get(imp.domain, 0), imp.version)
             ir_version = max(ir_version, onx.ir_version)
-            nodes.append(helper.make_node("Slice", [probs, "one", "two", "one"], [col]))  # column 1: positive class
+            one, two = const("one", 1), const("two", 2)
+            nodes.append(helper.make_node("Slice", [probs, one, two, one], [col]))  # column 1: positive class
         columns.append(col)
     nodes.append(helper.make_node("Concat", columns, [FEATURE_MODEL_OUTPUT], axis=1))
     graph = helper.make_graph(
@@ -243,6 +263,7 @@ def feature_model_to_onnx(
         "feature_names": json.dumps(names),
         "feature_engine": engine,
         "chosen": json.dumps(dict(zip(labels, model.chosen))),
+        "ignored_features": json.dumps([n for i, n in enumerate(names) if i not in model.columns]),
         "classifier": "HistGradientBoostingClassifier per class (scikit-learn), converted by skl2onnx",
     })
     onnx.checker.check_model(out)

@@ -156,6 +156,20 @@ def test_class_without_positive_training_record_is_constant_zero(fitted):
     np.testing.assert_allclose(got, fm.predict_proba(rows), atol=1e-5)
 
 
+def test_feature_never_measured_in_training_is_ignored_but_input_keeps_its_width(fitted):
+    x_train = fitted.x["train"].copy()
+    x_train[:, 3] = np.nan  # e.g. a feature the engine cannot measure at the training records' rate
+    fm = fit_feature_model(x_train, fitted.y["train"], fitted.x["val"], fitted.y["val"], seed=0, labels=LABELS)
+    assert 3 not in fm.columns and len(fm.columns) == len(EXPERT_NAMES) - 1
+    model = feature_model_to_onnx(fm, EXPERT_NAMES, LABELS)
+    assert json.loads(_ort(model).get_modelmeta().custom_metadata_map["ignored_features"]) == [EXPERT_NAMES[3]]
+    rows = fitted.x["test"].astype(np.float32)
+    got = _ort(model).run(None, {"features": rows})[0]
+    np.testing.assert_allclose(got, fm.predict_proba(rows), atol=1e-5)
+    rows[:, 3] = 1e3
+    np.testing.assert_array_equal(_ort(model).run(None, {"features": rows})[0], got)
+
+
 def test_missing_feature_model_is_a_clear_error(pipeline_dir, pipe_data, tmp_path, capsys):
     shutil.copy(pipeline_dir / NETWORK_FILE, tmp_path / NETWORK_FILE)
     with pytest.raises(ClassifyError, match=r"features\.onnx: feature model missing"):
