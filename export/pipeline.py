@@ -451,6 +451,9 @@ def run_pipeline(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pipeline-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the output folder's mode
     try:
         # Pass 1 through the app with a provisional weight: the two parts' probabilities on val/test.
         spec = PipelineSpec(FEATURE_FILE, "numpy", list(EXPERT_NAMES), 0.5, list(net_meta.thresholds))
