@@ -317,21 +317,16 @@ def choose_weight(
 
 
 def machine() -> dict[str, object]:
-    """CPU model, VNNI (int8 kernels about twice as fast relative to fp32 with it: PLATFORM.md), cores."""
+    """CPU model and int8 instructions (``export.cpu``: VNNI makes int8 about twice as fast relative to
+    fp32, PLATFORM.md), cores, onnxruntime version."""
     import onnxruntime as ort
 
-    cpu, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and cpu == "unknown":
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": cpu, "avx512_vnni": "avx512_vnni" in flags, "avx2": "avx2" in flags, "cores": os.cpu_count(),
-            "onnxruntime": ort.__version__}
+    from export.cpu import cpu_class, cpu_features
+
+    info = cpu_features()
+    feats = info.get("features") or {}
+    return {"cpu": info.get("model"), "cpu_class": cpu_class(info), "avx512_vnni": feats.get("avx512_vnni"),
+            "cpu_features": feats, "cores": os.cpu_count(), "onnxruntime": ort.__version__}
 
 
 @dataclass
@@ -583,7 +578,8 @@ def markdown(r: dict) -> str:
         )
     else:
         lines.append("Latency: no record of 10 s among the validation and test records")
-    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, AVX512-VNNI {'yes' if m['avx512_vnni'] else 'no'}; onnxruntime {m['onnxruntime']}")
+    vnni = {True: "yes", False: "no"}.get(m["avx512_vnni"], "unknown")
+    lines.append(f"Machine: {m['cpu']} ({m['cpu_class']}), {m['cores']} cores, AVX512-VNNI {vnni}; onnxruntime {m['onnxruntime']}")
     for part in ("validation", "test"):
         for s in r["results"][part]["skipped"]:
             lines.append(f"- skipped ({part}) {s['record']}: {s['reason']}")
