@@ -35,11 +35,11 @@ def _checkpoint(name: str, **extra) -> Checkpoint:
 
 
 @pytest.fixture(scope="module")
-def real_windows(data_dir):
+def real_windows(small_data):
     from cpsc2018.catalog import load, scan
     from cpsc2018.preprocess import preprocess, windows
 
-    entries = [e for e in scan(data_dir / "cpsc2018", progress=False).entries][:4]
+    entries = [e for e in scan(small_data / "cpsc2018", progress=False).entries][:4]
     pre = PreprocessConfig()
     return np.concatenate([windows(preprocess(load(e).signal, e.fs, pre), pre, 2) for e in entries])
 
@@ -54,21 +54,21 @@ def test_fp32_export_parity_every_model(name, tmp_path, real_windows):
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
+def trained(small_data, tmp_path_factory):
     """A briefly trained resnet1d18 (central, 5 epochs, default widths) on the real records. A model
     trained less, or a narrower one, puts every probability near its threshold, where int8 rounding
     flips decisions (seen: 94.6 % agreement at widths 8-32 after 3 epochs)."""
     out = tmp_path_factory.mktemp("run")
     cache = tmp_path_factory.mktemp("cache")
     code = train_main([
-        "--data", str(data_dir), "--out", str(out), "--cache-dir", str(cache), "--epochs", "5", "--workers", "0",
+        "--data", str(small_data), "--out", str(out), "--cache-dir", str(cache), "--epochs", "5", "--workers", "0",
     ])
     assert code == 0
     return out / "best.pt"
 
 
 @pytest.fixture(scope="module")
-def export_run(trained, data_dir, tmp_path_factory):
+def export_run(trained, small_data, tmp_path_factory):
     """The export, watched: which records' probabilities reached each gate decision (``judge``)."""
     import export.__main__ as export_mod
 
@@ -90,7 +90,7 @@ def export_run(trained, data_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export_mod, "record_probs", probs)
         mp.setattr(export_mod, "judge", judge)
-        assert export_main(["--checkpoint", str(trained), "--calibration-data", str(data_dir), "--out", str(out), "--repeats", "5"]) == 0
+        assert export_main(["--checkpoint", str(trained), "--calibration-data", str(small_data), "--out", str(out), "--repeats", "5"]) == 0
     return SimpleNamespace(out=out, judged=judged)
 
 
@@ -139,49 +139,49 @@ def test_metadata_equals_checkpoint(exported, trained):
     assert read_onnx_metadata(str(exported / "model.int8.onnx")).quantization["format"] == "QDQ"
 
 
-def test_evaluate_runs_on_int8_output(exported, data_dir):
+def test_evaluate_runs_on_int8_output(exported, small_data):
     from federated.evaluate import evaluate_model
 
-    r = evaluate_model(exported / "model.int8.onnx", data_dir, "test")
+    r = evaluate_model(exported / "model.int8.onnx", small_data, "test")
     assert r["records"] > 50 and set(r["per_class"]) == set(LABELS)
 
 
-def test_gather_uses_the_checkpoint_validation_and_test_splits(trained, data_dir):
+def test_gather_uses_the_checkpoint_validation_and_test_splits(trained, small_data):
     ckpt = load_checkpoint(trained)
-    data = gather(ckpt, data_dir, calibration_records=10)
+    data = gather(ckpt, small_data, calibration_records=10)
     assert set(data.validation.keys) == set(ckpt.split["val_ids"])
     assert not set(data.validation.keys) & set(ckpt.split["test_ids"])
     assert set(data.test.keys) == set(ckpt.split["test_ids"])
     assert data.calibration.shape[1:] == (12, 2500)
 
 
-def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, data_dir, capsys):
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, small_data, capsys):
     ckpt = _checkpoint("resnet1d18")
     ckpt.model_name = "se_resnet1d18"  # weights of one model labelled as another
     save_checkpoint(tmp_path / "wrong.pt", ckpt)
-    assert export_main(["--checkpoint", str(tmp_path / "wrong.pt"), "--calibration-data", str(data_dir), "--out", str(tmp_path / "o")]) == 2
+    assert export_main(["--checkpoint", str(tmp_path / "wrong.pt"), "--calibration-data", str(small_data), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "wrong.pt" in err and "do not fit model 'se_resnet1d18'" in err
     ckpt = _checkpoint("alexnet1d")
     ckpt.model_name = "squeezenet1d"  # and arguments of one model given to another
     save_checkpoint(tmp_path / "wrong2.pt", ckpt)
-    assert export_main(["--checkpoint", str(tmp_path / "wrong2.pt"), "--calibration-data", str(data_dir), "--out", str(tmp_path / "o")]) == 2
+    assert export_main(["--checkpoint", str(tmp_path / "wrong2.pt"), "--calibration-data", str(small_data), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "wrong2.pt" in err and "cannot build model 'squeezenet1d'" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, data_dir, capsys):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, small_data, capsys):
     (tmp_path / "corrupt.pt").write_bytes(b"\x80\x02garbage")
-    assert export_main(["--checkpoint", str(tmp_path / "corrupt.pt"), "--calibration-data", str(data_dir), "--out", str(tmp_path / "o")]) == 2
+    assert export_main(["--checkpoint", str(tmp_path / "corrupt.pt"), "--calibration-data", str(small_data), "--out", str(tmp_path / "o")]) == 2
     assert "corrupt.pt" in capsys.readouterr().err
 
 
-def test_failed_export_leaves_nothing_half_written(trained, data_dir, tmp_path, capsys):
+def test_failed_export_leaves_nothing_half_written(trained, small_data, tmp_path, capsys):
     out = tmp_path / "out"
     # An impossible gate: every recipe fails after files were written in the temporary folder.
     code = export_main([
-        "--checkpoint", str(trained), "--calibration-data", str(data_dir), "--out", str(out), "--min-agreement", "1.01",
+        "--checkpoint", str(trained), "--calibration-data", str(small_data), "--out", str(out), "--min-agreement", "1.01",
         "--calibration-records", "10",
     ])
     assert code == 2
@@ -195,17 +195,17 @@ def test_modelmeta_roundtrip():
     assert ModelMeta.from_props(meta.to_props()) == meta
 
 
-def _small_folder(data_dir, tmp_path, n=60):
+def _small_folder(small_data, tmp_path, n=60):
     """A folder of links to the first ``n`` CPSC2018 records (header + signal)."""
     folder = tmp_path / "data" / "cpsc2018"
     folder.mkdir(parents=True)
-    for hea in sorted((data_dir / "cpsc2018").glob("*.hea"))[:n]:
+    for hea in sorted((small_data / "cpsc2018").glob("*.hea"))[:n]:
         for f in (hea, hea.with_suffix(".mat")):
             (folder / f.name).symlink_to(f)
     return folder.parent
 
 
-def test_report_records_cpu_beside_latency_and_gate(tmp_path, data_dir):
+def test_report_records_cpu_beside_latency_and_gate(tmp_path, small_data):
     """Fast: an untrained narrow model on 60 records with the gate opened; checks what the report says
     about the CPU (export/cpu.py) and that weights are 7-bit by default (reduce_range)."""
     from export.cpu import FEATURE_NAMES, cpu_class
@@ -214,7 +214,7 @@ def test_report_records_cpu_beside_latency_and_gate(tmp_path, data_dir):
     save_checkpoint(tmp_path / "m.pt", ckpt)
     out = tmp_path / "out"
     assert export_main([
-        "--checkpoint", str(tmp_path / "m.pt"), "--calibration-data", str(_small_folder(data_dir, tmp_path)), "--out", str(out),
+        "--checkpoint", str(tmp_path / "m.pt"), "--calibration-data", str(_small_folder(small_data, tmp_path)), "--out", str(out),
         "--min-agreement", "0", "--max-auroc-drop", "1", "--calibration-records", "8", "--repeats", "2",
     ]) == 0
     r = json.loads((out / "report.json").read_text())
