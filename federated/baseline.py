@@ -206,10 +206,14 @@ def run_baseline(
     x, seconds = feature_matrix(
         exp.entries, cache_dir or DEFAULT_CACHE_DIR, engine=features, workers=workers, progress=progress
     )
+    # Columns never measured (the numpy-only names under the neurokit2 engine) carry nothing, and
+    # the boosting's binning refuses an all-NaN column.
+    used = [i for i in range(x.shape[1]) if not np.isnan(x[:, i]).all()]
+    x = x[:, used]
     y = exp.targets.astype(int)
     names = list(exp.labels)
     result: dict = {
-        "features": list(EXPERT_NAMES),
+        "features": [EXPERT_NAMES[i] for i in used],
         "feature_engine": features,
         "labels": names,
         "seed": seed,

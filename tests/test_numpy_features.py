@@ -57,7 +57,8 @@ def test_r_peaks_match_mitbih_reference_beats(data_dir):
         tp, fn, fp = tp + hits, fn + len(ref) - hits, fp + len(det) - hits
     se, ppv = tp / (tp + fn), tp / (tp + fp)
     print(f"MIT-BIH pooled: Se {se:.4f}, +P {ppv:.4f} ({tp + fn} beats)")
-    # Measured on these 4 minutes: 0.995 / 0.994; over all 23 full records 0.991 / 0.989.
+    # Measured: 0.998 / 0.998 on these 4 minutes; 0.991 / 0.989 over all 23 full records (30 min each),
+    # where ventricular flutter (207) and noise and P waves as tall as the QRS (106, 108) cost most.
     assert se >= 0.985 and ppv >= 0.985
 
 
