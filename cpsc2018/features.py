@@ -502,7 +502,7 @@ def _filtered(x: np.ndarray, fs: float) -> tuple[np.ndarray, float, int]:
     x = repair_nan(x)
     x, k = _decimate(x, fs)
     fw = fs / k
-    if x.shape[1] > int(0.5 * fw):
+    if x.shape[1] > int(0.5 * fw) and fw >= 50:
         sos = sps.butter(2, [0.5, min(40.0, 0.45 * fw)], btype="bandpass", fs=fw, output="sos")
         x = _zero_phase(sos, x - x[:, :1])
     return x, fw, k
@@ -533,7 +533,8 @@ def detect_r_peaks(signal_mv: np.ndarray, fs: float) -> np.ndarray:
 
 def _peaks_at_work_rate(y: np.ndarray, fw: float) -> np.ndarray:
     good = _good_leads(y)
-    if len(good) == 0 or y.shape[1] < int(0.5 * fw):
+    # Below 50 Hz the QRS (10-25 Hz) is not resolved: nothing to detect.
+    if len(good) == 0 or y.shape[1] < int(0.5 * fw) or fw < 50:
         return np.zeros(0, dtype=int)
     return _pan_tompkins(y[good], fw)
 

@@ -136,6 +136,7 @@ def test_numpy_features_never_raise_on_bad_signals():
         short = expert_features(rng.normal(size=(12, n)), 500.0)
         assert list(short) == list(EXPERT_NAMES), n
     assert list(expert_features(rng.normal(size=(12, 100)), 100.0)) == list(EXPERT_NAMES)  # 1 s at 100 Hz
+    assert all(math.isnan(v) for v in expert_features(rng.normal(size=(12, 100)), 10.0).values())  # 10 Hz
     with pytest.raises(ValueError, match="engine"):
         expert_features(noise, 500.0, engine="wavelets")
 
