@@ -13,9 +13,9 @@ from cpsc2018.labels import SIX
 from federated.baseline import build_parser, feature_matrix, fit_predict, run_baseline
 
 
-def test_baseline_on_all_records(data_dir, tmp_path):
+def test_baseline_on_real_records(small_data, tmp_path):
     out = tmp_path / "baseline"
-    result = run_baseline(data_dir, seed=0, labels="six", cache_dir=tmp_path / "cache", out=out)
+    result = run_baseline(small_data, seed=0, labels="six", cache_dir=tmp_path / "cache", out=out)
 
     written = json.loads((out / "metrics.json").read_text())
     assert {"logreg", "gbm", "features", "split", "records"} <= set(written)
