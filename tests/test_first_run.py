@@ -24,7 +24,8 @@ def _closed_port() -> int:
 def test_make_demo_without_records_or_network_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
     proc = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), "demo", f"ECG_DATA={tmp_path / 'none'}",
+        # -o: the venv is there (the test runs inside it); never reinstall it here.
+        ["make", "--no-print-directory", "-C", str(ROOT), "-o", ".venv/.installed", "demo", f"ECG_DATA={tmp_path / 'none'}",
          f"DEMO_BASE_URL=http://127.0.0.1:{_closed_port()}/mirror", f"DEMO_OUT={tmp_path / 'out'}"],
         env=env, capture_output=True, text=True, timeout=120,
     )
