@@ -71,7 +71,9 @@ __all__ = [
 
 FEATURE_FILE = "features.onnx"
 NETWORK_FILE = "model.int8.onnx"
-OUTPUTS = (NETWORK_FILE, FEATURE_FILE, "report.json", "report.md")
+# scores.npz: every scored record's key, targets and the network, feature-model and fused probabilities
+# (validation and test), as the app computed them; for error analysis and cross-validation tables.
+OUTPUTS = (NETWORK_FILE, FEATURE_FILE, "report.json", "report.md", "scores.npz")
 WEIGHT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))  # network weight w
 OPSET = 17  # the network's opset (python -m export)
 ML_OPSET = 3  # ai.onnx.ml 3 (TreeEnsembleClassifier with NaN-aware branches): onnxruntime >= 1.10
@@ -505,6 +507,10 @@ def run_pipeline(
                         "within_budget": bool(lat.get("records")) and lat["median_ms"] <= MAX_LATENCY_MS},
             "machine": machine(),
         }
+        arrays = {f"{part}_{name}": np.asarray(getattr(sc, attr)) for part, sc in scored.items()
+                  for name, attr in (("keys", "keys"), ("targets", "y"), ("network", "network"),
+                                     ("features", "features"), ("pipeline", "final"))}
+        np.savez(tmp / "scores.npz", **arrays)
         (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))
         log(f"[5/5] writing {out}")
