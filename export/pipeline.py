@@ -297,15 +297,43 @@ def macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(multilabel_metrics(y, p, names, [0.5] * len(names))["macro"]["auroc"])
 
 
+WEIGHT_RULES: tuple[str, ...] = ("auroc", "ap", "f1", "half")
+DEFAULT_WEIGHT_RULE = "auroc"
+
+
+def _macro_ap(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    scores = [average_precision_score(y[:, k], p[:, k]) for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def _macro_f1_tuned(y: np.ndarray, p: np.ndarray) -> float:
+    from federated.metrics import multilabel_metrics, tune_thresholds
+
+    return float(multilabel_metrics(y, p, [str(k) for k in range(y.shape[1])], tune_thresholds(y, p))["macro"]["f1"])
+
+
 def choose_weight(
     p_net_val: np.ndarray, p_feat_val: np.ndarray, y_val: np.ndarray, grid: Sequence[float] = WEIGHT_GRID,
+    rule: str = "auroc",
 ) -> float:
-    """The network weight ``w`` of ``w * p_net + (1 - w) * p_feat`` with the best macro AUROC on the
-    (validation) records over ``grid`` (0, 0.1, ..., 1). Ties (to 1e-9) go to the ``w`` closer to 0.5,
-    then to the larger ``w`` (the network); with no scorable class the answer is 0.5."""
+    """The network weight ``w`` of ``w * p_net + (1 - w) * p_feat`` on the (validation) records.
+
+    ``rule``: "auroc" (best macro AUROC over ``grid``, 0, 0.1, ..., 1), "ap" (best macro average
+    precision), "f1" (best macro F1 at thresholds tuned on the same records), "half" (0.5, no choice).
+    Ties (to 1e-9) go to the ``w`` closer to 0.5, then to the larger ``w`` (the network); with no
+    scorable class the answer is 0.5. Which rule ships is decided by cross-validation
+    (``benchmarks/compare_models.py``); see :data:`DEFAULT_WEIGHT_RULE`.
+    """
+    if rule not in WEIGHT_RULES:
+        raise ValueError(f"weight rule must be one of {WEIGHT_RULES}, got {rule!r}")
+    if rule == "half":
+        return 0.5
+    measure = {"auroc": macro_auroc, "ap": _macro_ap, "f1": _macro_f1_tuned}[rule]
     best: tuple[float, float, float] | None = None
     for w in grid:
-        score = macro_auroc(y_val, fuse(p_net_val, p_feat_val, float(w)))
+        score = measure(y_val, fuse(p_net_val, p_feat_val, float(w)))
         score = -math.inf if math.isnan(score) else round(score, 9)
         key = (score, -abs(float(w) - 0.5), float(w))
         if best is None or key > best:
@@ -401,9 +429,10 @@ def _metrics(y: np.ndarray, p: np.ndarray, labels: list[str], thresholds: Sequen
 
 def run_pipeline(
     checkpoint: Path, network: Path, data: Path, out: Path, *, cache_dir: Path | None = None, workers: int = 1,
-    latency_records: int = 20, max_size_mb: float = MAX_SIZE_MB, log=print,
+    latency_records: int = 20, max_size_mb: float = MAX_SIZE_MB, weight_rule: str | None = None, log=print,
 ) -> dict:
     """Build, score and write the pipeline (module docstring); returns the report dict."""
+    weight_rule = weight_rule or DEFAULT_WEIGHT_RULE
     ckpt = load_checkpoint(checkpoint)
     labels, label_set = list(ckpt.labels), ckpt.label_set
     try:
@@ -459,11 +488,11 @@ def run_pipeline(
         first_val = _score(Classifier(tmp / NETWORK_FILE), val, label_set, len(labels))
         if not first_val.keys:
             raise PipelineError("the app scored none of the validation records")
-        w = choose_weight(first_val.network, first_val.features, first_val.y)
+        w = choose_weight(first_val.network, first_val.features, first_val.y, rule=weight_rule)
         fused_thr = tune_thresholds(first_val.y, fuse(first_val.network, first_val.features, w))
         feat_thr = tune_thresholds(first_val.y, first_val.features)
         grid = {f"{g:.1f}": macro_auroc(first_val.y, fuse(first_val.network, first_val.features, g)) for g in WEIGHT_GRID}
-        log(f"      network weight w = {w:g} (validation macro AUROC {grid[f'{w:.1f}']:.4f})")
+        log(f"      network weight w = {w:g} (rule {weight_rule}; validation macro AUROC {grid[f'{w:.1f}']:.4f})")
         # Pass 2: the final files, as the app will run them; every reported figure comes from here.
         spec = PipelineSpec(FEATURE_FILE, "numpy", list(EXPERT_NAMES), w, fused_thr)
         write_pipeline(network, feat_onnx, spec, tmp)
@@ -495,6 +524,7 @@ def run_pipeline(
         report = {
             "checkpoint": str(checkpoint), "network": str(network), "data": str(data), "labels": labels,
             "pipeline": json.loads(spec.to_json()),
+            "weight_rule": weight_rule,
             "decided_on": "validation",
             "records": {"train": n_tr, "validation": len(scored["validation"].keys), "test": len(scored["test"].keys)},
             "feature_model": {"chosen": dict(zip(labels, fm.chosen)), "notes": fm.notes, "features": len(EXPERT_NAMES),
@@ -607,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes computing features on a cache miss")
     p.add_argument("--latency-records", type=int, default=20, help="10 s records timed (median reported)")
     p.add_argument("--max-size-mb", type=float, default=MAX_SIZE_MB, help="fail when the two files take more")
+    p.add_argument("--weight-rule", choices=WEIGHT_RULES, default=DEFAULT_WEIGHT_RULE,
+                   help="how the network weight is chosen on validation records (see choose_weight)")
     args = p.parse_args(argv)
     if args.workers < 1 or args.latency_records < 1:
         print("error: --workers and --latency-records must be at least 1", file=sys.stderr)
@@ -614,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_pipeline(
             args.checkpoint, args.network, args.data, args.out, cache_dir=args.cache_dir, workers=args.workers,
-            latency_records=args.latency_records, max_size_mb=args.max_size_mb,
+            latency_records=args.latency_records, max_size_mb=args.max_size_mb, weight_rule=args.weight_rule,
         )
     except (PipelineError, CheckpointError, ValueError, FileNotFoundError, ClassifyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

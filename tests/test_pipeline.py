@@ -260,3 +260,19 @@ def test_cli_writes_pipeline_through_the_app(network, pipe_data, cache, tmp_path
     assert isinstance(report["machine"]["avx512_vnni"], bool)
     md = (out / "report.md").read_text()
     assert "AVX512-VNNI" in md and "Latency per 10 s record" in md
+
+
+def test_weight_rules():
+    from export.pipeline import WEIGHT_GRID, WEIGHT_RULES, choose_weight
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 3)) < 0.2).astype(int)
+    # The network separates the classes, the feature model is noise: every scoring rule leans to the network.
+    p_net = np.clip(y * 0.6 + rng.random((200, 3)) * 0.4, 0, 1)
+    p_feat = rng.random((200, 3))
+    for rule in WEIGHT_RULES:
+        w = choose_weight(p_net, p_feat, y, rule=rule)
+        assert w in WEIGHT_GRID
+        assert w == 0.5 if rule == "half" else w >= 0.8, (rule, w)
+    with pytest.raises(ValueError, match="weight rule"):
+        choose_weight(p_net, p_feat, y, rule="best")
