@@ -167,20 +167,21 @@ def plot(rows: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6), sharey=False)
     width = 0.8 / len(rows)
     for ax, metric in zip(axes, ("f1", "auroc")):
         xs = np.arange(len(LABELS) + 1)
         for j, (name, folds) in enumerate(rows.items()):
             stats = [mean_sd([f["per_class"][lab][metric] for f in folds]) for lab in LABELS]
             stats.append(mean_sd([f["macro"][metric] for f in folds]))
-            ax.bar(xs + j * width, [s[0] for s in stats], width, yerr=[s[1] for s in stats], label=name, capsize=2)
+            ax.bar(xs + j * width, [s[0] for s in stats], width, yerr=[s[1] for s in stats], label=name.strip("*"), capsize=2)
         ax.set_xticks(xs + width * (len(rows) - 1) / 2, LABELS + ["macro"])
         ax.set_ylabel(f"test {metric.upper() if metric == 'auroc' else 'F1'} (mean ± sd over folds)")
         ax.set_ylim(0, 1.05)
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=3)
     fig.suptitle("5-fold patient cross-validation over all 12-lead records")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
