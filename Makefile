@@ -56,7 +56,7 @@ demo: venv
 	$(PY) -m cpsc2018.inspect --data "$(ECG_DATA)" --json "$(DEMO_OUT)/inspect.json" --preprocess
 	@echo "== 2/4 federated training (Flower simulation): one client per hospital site, on a sample of at most $(DEMO_PER_SITE) records per site (DEMO_PER_SITE=0 for all)"
 	$(PY) -m federated.train --mode federated $(DEMO_FED_FLAGS) --rounds $(DEMO_ROUNDS) --data "$(ECG_DATA)" --out "$(DEMO_OUT)/federated"
-	@echo "== 3/4 int8 ONNX export, calibrated on training records, gated on held-out records"
+	@echo "== 3/4 int8 ONNX export, calibrated on training records, gated on validation records"
 	$(PY) -m export --checkpoint "$(DEMO_OUT)/federated/best.pt" --calibration-data "$(ECG_DATA)" --out "$(DEMO_OUT)/export"
 	@echo "== 4/4 classify a held-out record with the int8 model, as the phone app does"
 	$(PY) -m mobile_app.classify --model "$(DEMO_OUT)/export/model.int8.onnx" --held-out "$(ECG_DATA)"
