@@ -26,26 +26,11 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# System packages the tests need: a virtual X screen for the Kivy app (xvfb, xauth; Mesa for its OpenGL), and
-# libmtdev1, whose absence makes Kivy print a harmless but alarming error. Installed when any is missing, and
-# always with FORCE=1 (.ci/run passes it, so CI runs the real install commands on every run: an install
-# step that is broken cannot hide behind packages that happen to be there). As root, or through sudo.
-# `env` carries DEBIAN_FRONTEND: after an empty $$SUDO, a bare VAR=value word would be taken as the command.
-APT_PACKAGES := xvfb xauth libmtdev1 libgl1-mesa-dri
+# System packages the tests need (xvfb, xauth, libmtdev1, Mesa): installed by .ci/apt-test.sh when any is
+# missing, and always with FORCE=1 (.ci/run passes it: CI runs the install commands on every run).
 FORCE ?=
 apt-test:
-	@missing=; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	command -v xvfb-run >/dev/null || missing="$$missing xvfb-run"; \
-	if [ "$(FORCE)" = 1 ] || [ -n "$$missing" ]; then \
-	  echo "apt-test: installing $(APT_PACKAGES)$${missing:+ (missing:$$missing)}"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null || \
-	    { echo "apt-test: could not install $(APT_PACKAGES) with apt-get (needs root or sudo, and Debian's package mirror)"; exit 1; }; \
-	  command -v xvfb-run >/dev/null || { echo "apt-test: xvfb-run still not found after the install"; exit 1; }; \
-	fi
+	@FORCE="$(FORCE)" bash .ci/apt-test.sh
 
 demo: venv
 	@if [ ! -d "$(ECG_DATA)" ]; then \

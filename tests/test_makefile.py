@@ -1,4 +1,5 @@
-"""`make apt-test`, the first step of `make test` on a fresh machine, run for real against stand-in tools.
+"""`make apt-test` (.ci/apt-test.sh), the first step of `make test` on a fresh machine, run for real against
+stand-in tools.
 
 The recipe is executed by make exactly as a user runs it; only apt-get, dpkg-query, id and sudo are
 stand-ins on PATH that log what they were asked (the real install runs in CI with FORCE=1 and is then
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "sh", "make", "env", "grep", "cat", "echo", "printf", "chmod", "true")
 
 
-def _stand_ins(tmp: Path, *, uid: int, installed: bool) -> dict[str, str]:
+def _stand_ins(tmp: Path, *, uid: int, installed: bool, xvfb_run: bool | None = None, appears_on: str = "install") -> dict[str, str]:
     """A PATH holding the real shell tools and logging stand-ins for the package tools."""
     bin_ = tmp / "bin"
     bin_.mkdir()
@@ -29,14 +30,15 @@ def _stand_ins(tmp: Path, *, uid: int, installed: bool) -> dict[str, str]:
             (bin_ / tool).symlink_to(real)
     log = tmp / "log"
     scripts = {
-        # The install "works": it logs its environment and arguments and makes xvfb-run appear.
+        # The install "works": it logs its environment and arguments and makes xvfb-run appear (on any
+        # install, or only on --reinstall: dpkg believes xvfb is there while its files are gone).
         "apt-get": f'echo "apt-get DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> {log}\n'
-        f'case "$*" in *install*) printf "#!/bin/sh\\nexit 0\\n" > {bin_}/xvfb-run; chmod +x {bin_}/xvfb-run;; esac\n',
+        f'case "$*" in *{appears_on}*) printf "#!/bin/sh\\nexit 0\\n" > {bin_}/xvfb-run; chmod +x {bin_}/xvfb-run;; esac\n',
         "dpkg-query": f'echo "install ok installed"; exit 0\n' if installed else "exit 1\n",
         "id": f"echo {uid}\n",
         "sudo": f'echo "sudo $*" >> {log}\nexec "$@"\n',
     }
-    if installed:
+    if installed if xvfb_run is None else xvfb_run:
         scripts["xvfb-run"] = "exit 0\n"
     for name, body in scripts.items():
         path = bin_ / name
@@ -47,8 +49,8 @@ def _stand_ins(tmp: Path, *, uid: int, installed: bool) -> dict[str, str]:
     return env
 
 
-def _run(tmp: Path, *args: str, uid: int, installed: bool) -> tuple[subprocess.CompletedProcess, str]:
-    env = _stand_ins(tmp, uid=uid, installed=installed)
+def _run(tmp: Path, *args: str, uid: int, installed: bool, **kw) -> tuple[subprocess.CompletedProcess, str]:
+    env = _stand_ins(tmp, uid=uid, installed=installed, **kw)
     proc = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "apt-test", *args],
                           env=env, capture_output=True, text=True, timeout=60)
     log = tmp / "log"
@@ -81,6 +83,27 @@ def test_apt_test_force_installs_even_when_everything_is_there(tmp_path):
     proc, log = _run(tmp_path / "forced", "FORCE=1", uid=0, installed=True)
     assert proc.returncode == 0, proc.stderr
     assert "apt-get DEBIAN_FRONTEND=noninteractive install -y -qq xvfb" in log, log
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_apt_test_reinstalls_xvfb_when_dpkg_has_it_but_xvfb_run_is_gone(tmp_path):
+    # dpkg records every package as installed, xvfb-run is missing, and a plain install is a no-op.
+    proc, log = _run(tmp_path, uid=0, installed=True, xvfb_run=False, appears_on="--reinstall")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "install -y -qq --reinstall xvfb" in log, log
+    assert (tmp_path / "bin" / "xvfb-run").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_apt_test_goes_on_when_apt_get_update_fails(tmp_path):
+    env = _stand_ins(tmp_path, uid=0, installed=False)
+    apt = tmp_path / "bin" / "apt-get"
+    apt.write_text(apt.read_text().replace("#!/bin/sh\n", '#!/bin/sh\ncase "$*" in *update*) exit 100;; esac\n', 1))
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "apt-test"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "update failed" in proc.stdout
+    assert (tmp_path / "bin" / "xvfb-run").exists()
 
 
 def test_ci_forces_the_install_step():

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# System packages the tests need (called by `make apt-test`): a virtual X screen for the Kivy app (xvfb,
+# xauth; Mesa for its OpenGL) and libmtdev1, whose absence makes Kivy print a harmless but alarming error.
+#
+# Installs when a package is missing or when xvfb-run is not on PATH, and always with FORCE=1 (.ci/run
+# passes it, so CI runs the install commands on every run). As root, or through sudo.
+# - `env` carries DEBIAN_FRONTEND: after an empty $SUDO a bare VAR=value word would be taken as the command.
+# - dpkg can record a package as installed while its files are gone (xvfb-run deleted by hand, a trimmed
+#   image): a plain install is then a no-op, so a still-missing xvfb-run gets `--reinstall`.
+# - A failing `apt-get update` (one unreachable source) does not stop the install from the lists at hand.
+set -u
+PACKAGES=(xvfb xauth libmtdev1 libgl1-mesa-dri)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+command -v xvfb-run >/dev/null || missing+=(xvfb-run)
+if [ "${FORCE:-}" != 1 ] && [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "apt-test: installing ${PACKAGES[*]}${missing[*]:+ (missing: ${missing[*]})}"
+if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
+apt() { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+
+apt update -qq || echo "apt-test: apt-get update failed; installing from the package lists at hand"
+if ! apt install -y -qq "${PACKAGES[@]}" >/dev/null; then
+  echo "apt-test: apt-get install ${PACKAGES[*]} failed (it needs root or sudo, and Debian's package mirror)"
+  exit 1
+fi
+if ! command -v xvfb-run >/dev/null; then
+  echo "apt-test: xvfb is installed but xvfb-run is missing: reinstalling xvfb"
+  apt install -y -qq --reinstall xvfb >/dev/null || { echo "apt-test: apt-get install --reinstall xvfb failed"; exit 1; }
+fi
+command -v xvfb-run >/dev/null || { echo "apt-test: xvfb-run still not found after the install"; exit 1; }
