@@ -64,3 +64,15 @@ def small_data(data_dir: Path, tmp_path_factory) -> Path:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.symlink_to(src)
     return root
+
+
+@pytest.fixture(scope="session")
+def cpsc_by_label(data_dir: Path) -> dict:
+    """CPSC2018 records with a single label, by label, in file order."""
+    from cpsc2018.catalog import scan
+
+    out: dict[str, list] = {}
+    for e in scan(data_dir / "cpsc2018", progress=False).entries:
+        if len(e.classes) == 1:
+            out.setdefault(next(iter(e.classes)), []).append(e)
+    return out

@@ -97,14 +97,20 @@ def test_second_run_downloads_nothing(server, tmp_path, capsys):
     assert "0 files downloaded" in out and "6 already present and verified" in out
 
 
-def test_resume_from_partial_file_uses_range(server, tmp_path):
-    site, url = server
-    dest = tmp_path / "dest"
+def _leave_part(site, dest, make_bytes) -> tuple[str, bytes, object]:
+    """A ``.part`` of A0002.mat as a killed run leaves it: (relative path, the served bytes, the .part path)."""
     rel = "training/cpsc_2018/g1/A0002.mat"
     full = (site / "challenge" / rel).read_bytes()
     part = dest / (rel + ".part")
     part.parent.mkdir(parents=True)
-    part.write_bytes(full[: len(full) // 2])
+    part.write_bytes(make_bytes(full))
+    return rel, full, part
+
+
+def test_resume_from_partial_file_uses_range(server, tmp_path):
+    site, url = server
+    dest = tmp_path / "dest"
+    rel, full, part = _leave_part(site, dest, lambda full: full[: len(full) // 2])
     assert main(["--source", "cpsc2018", "--dest", str(dest), "--base-url", f"{url}/challenge"]) == 0
     assert (dest / rel).read_bytes() == full
     assert not part.exists()
@@ -151,11 +157,7 @@ def test_complete_part_file_left_by_a_killed_run_is_finished(server, tmp_path):
     # Killed after the last byte but before the checksum and rename: the server answers 416.
     site, url = server
     dest = tmp_path / "dest"
-    rel = "training/cpsc_2018/g1/A0002.mat"
-    full = (site / "challenge" / rel).read_bytes()
-    part = dest / (rel + ".part")
-    part.parent.mkdir(parents=True)
-    part.write_bytes(full)
+    rel, full, part = _leave_part(site, dest, lambda full: full)
     assert main(["--source", "cpsc2018", "--dest", str(dest), "--base-url", f"{url}/challenge"]) == 0
     assert (dest / rel).read_bytes() == full
     assert not part.exists()
@@ -166,11 +168,7 @@ def test_oversized_wrong_part_file_is_discarded_and_downloaded_again(server, tmp
     # A .part at least as long as the file but with other bytes: 416, checksum fails, start from 0.
     site, url = server
     dest = tmp_path / "dest"
-    rel = "training/cpsc_2018/g1/A0002.mat"
-    full = (site / "challenge" / rel).read_bytes()
-    part = dest / (rel + ".part")
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"x" * (len(full) + 5))
+    rel, full, part = _leave_part(site, dest, lambda full: b"x" * (len(full) + 5))
     assert main(["--source", "cpsc2018", "--dest", str(dest), "--base-url", f"{url}/challenge"]) == 0
     assert (dest / rel).read_bytes() == full
     assert not part.exists()

@@ -8,21 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.catalog import Entry, load
 from cpsc2018.features import EXPERT_NAMES, FEATURE_NAMES, expert_features, window_features
 from cpsc2018.preprocess import PreprocessConfig, preprocess, windows
 
 PRE = PreprocessConfig()
 
 
-@pytest.fixture(scope="module")
-def cpsc(data_dir) -> dict[str, list[Entry]]:
-    """CPSC2018 records with a single label, by label, in file order."""
-    out: dict[str, list[Entry]] = {}
-    for e in scan(data_dir / "cpsc2018", progress=False).entries:
-        if len(e.classes) == 1:
-            out.setdefault(next(iter(e.classes)), []).append(e)
-    return out
 
 
 def _window(e: Entry) -> np.ndarray:
@@ -34,10 +26,10 @@ def _feature(e: Entry, name: str) -> float:
     return float(window_features(_window(e), PRE.fs)[FEATURE_NAMES.index(name)])
 
 
-def test_window_features_heart_rate_matches_neurokit(cpsc):
+def test_window_features_heart_rate_matches_neurokit(cpsc_by_label):
     import neurokit2 as nk
 
-    for e in cpsc["Normal"][:5]:
+    for e in cpsc_by_label["Normal"][:5]:
         rec = load(e)
         f = window_features(_window(e), PRE.fs)
         assert f.shape == (len(FEATURE_NAMES),) and f.dtype == np.float32 and np.isfinite(f).all()
@@ -52,9 +44,9 @@ def test_window_features_heart_rate_matches_neurokit(cpsc):
         assert abs(hr - hr_nk) < 10, (e.record_id, hr, hr_nk)
 
 
-def test_af_windows_are_more_irregular_than_normal(cpsc):
-    af = [_feature(e, "rr_cv") for e in cpsc["AF"][:8]]
-    normal = [_feature(e, "rr_cv") for e in cpsc["Normal"][:8]]
+def test_af_windows_are_more_irregular_than_normal(cpsc_by_label):
+    af = [_feature(e, "rr_cv") for e in cpsc_by_label["AF"][:8]]
+    normal = [_feature(e, "rr_cv") for e in cpsc_by_label["Normal"][:8]]
     # Sinus rhythm varies by a few per cent beat to beat, AF by 10-30 %.
     assert np.median(af) > 2 * np.median(normal), (af, normal)
     assert sum(a > np.median(normal) for a in af) >= 7, (af, normal)
@@ -72,8 +64,8 @@ def test_flat_and_broken_windows_are_marked_invalid():
         window_features(np.zeros(PRE.window_samples), PRE.fs)
 
 
-def test_expert_features_physiological_on_normal_records(cpsc):
-    for e in cpsc["Normal"][:4]:
+def test_expert_features_physiological_on_normal_records(cpsc_by_label):
+    for e in cpsc_by_label["Normal"][:4]:
         f = expert_features(load(e).signal, e.fs)
         assert list(f) == list(EXPERT_NAMES)
         assert 40 < f["hr"] < 150, (e.record_id, f["hr"])
@@ -83,9 +75,9 @@ def test_expert_features_physiological_on_normal_records(cpsc):
         assert f["p_corr"] > 0.5, (e.record_id, f["p_corr"])  # a P wave, the same in every beat
 
 
-def test_expert_features_tell_conduction_blocks(cpsc):
+def test_expert_features_tell_conduction_blocks(cpsc_by_label):
     def median(label: str, name: str, n: int = 6) -> float:
-        return float(np.nanmedian([expert_features(load(e).signal, e.fs)[name] for e in cpsc[label][:n]]))
+        return float(np.nanmedian([expert_features(load(e).signal, e.fs)[name] for e in cpsc_by_label[label][:n]]))
 
     normal_qrs = median("Normal", "qrs_ms")
     assert median("LBBB", "qrs_ms") > normal_qrs + 20
@@ -108,8 +100,8 @@ def test_expert_features_never_raise_on_bad_signals():
         expert_features(np.zeros((2, 5000)), 500.0)
 
 
-def test_expert_features_survive_nan_samples_in_a_real_record(cpsc):
-    e = cpsc["Normal"][0]
+def test_expert_features_survive_nan_samples_in_a_real_record(cpsc_by_label):
+    e = cpsc_by_label["Normal"][0]
     sig = load(e).signal.astype(np.float64)
     clean = expert_features(sig, e.fs)
     sig[:, 1000:1100] = np.nan  # a 0.2 s dropout in every lead

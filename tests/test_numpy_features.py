@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpsc2018.catalog import Entry, load, scan
+from cpsc2018.catalog import load
 from cpsc2018.features import EXPERT_NAMES, NUMPY_ONLY_NAMES, detect_r_peaks, expert_features
 from cpsc2018.readers import read_mitbih
 
@@ -71,46 +71,38 @@ def test_r_peaks_of_one_lead_and_bad_signals():
         detect_r_peaks(np.zeros(5000), 0.0)
 
 
-@pytest.fixture(scope="module")
-def cpsc(data_dir) -> dict[str, list[Entry]]:
-    """CPSC2018 records with a single label, by label, in file order."""
-    out: dict[str, list[Entry]] = {}
-    for e in scan(data_dir / "cpsc2018", progress=False).entries:
-        if len(e.classes) == 1:
-            out.setdefault(next(iter(e.classes)), []).append(e)
-    return out
 
 
-def test_qrs_is_wide_in_bundle_branch_blocks_and_narrow_in_normal_records(cpsc):
-    blocks = cpsc["LBBB"][:4] + cpsc["RBBB"][:4]
+def test_qrs_is_wide_in_bundle_branch_blocks_and_narrow_in_normal_records(cpsc_by_label):
+    blocks = cpsc_by_label["LBBB"][:4] + cpsc_by_label["RBBB"][:4]
     wide = {e.record_id: expert_features(load(e).signal, e.fs)["qrs_ms"] for e in blocks}
-    normal = {e.record_id: expert_features(load(e).signal, e.fs)["qrs_ms"] for e in cpsc["Normal"][:10]}
+    normal = {e.record_id: expert_features(load(e).signal, e.fs)["qrs_ms"] for e in cpsc_by_label["Normal"][:10]}
     print("QRS ms, bundle-branch blocks:", wide, "normal:", normal)
     # A0006 (RBBB) measures 92 ms with either engine: an incomplete block, or a label to doubt.
     assert sum(q > 120 for q in wide.values()) >= 7 and np.median(list(wide.values())) > 130, wide
     assert sum(q < 120 for q in normal.values()) >= 8, normal
 
 
-def test_pr_interval_is_long_in_first_degree_av_block(cpsc):
+def test_pr_interval_is_long_in_first_degree_av_block(cpsc_by_label):
     def pr(label: str) -> list[float]:
-        return [expert_features(load(e).signal, e.fs)["pr_ms"] for e in cpsc[label][:6]]
+        return [expert_features(load(e).signal, e.fs)["pr_ms"] for e in cpsc_by_label[label][:6]]
 
     block, normal = pr("I-AVB"), pr("Normal")
     print("PR ms, I-AVB:", block, "normal:", normal)
     assert np.nanmedian(block) > 200 > np.nanmedian(normal), (block, normal)
 
 
-def test_af_records_have_irregular_rhythm_and_no_p_waves(cpsc):
-    af = [expert_features(load(e).signal, e.fs) for e in cpsc["AF"][:8]]
-    normal = [expert_features(load(e).signal, e.fs) for e in cpsc["Normal"][:8]]
+def test_af_records_have_irregular_rhythm_and_no_p_waves(cpsc_by_label):
+    af = [expert_features(load(e).signal, e.fs) for e in cpsc_by_label["AF"][:8]]
+    normal = [expert_features(load(e).signal, e.fs) for e in cpsc_by_label["Normal"][:8]]
     assert np.median([f["rr_irregularity"] for f in af]) > 3 * np.median([f["rr_irregularity"] for f in normal])
     # NaN where no P window fits between the beats (fast AF): the models impute it.
     assert np.nanmedian([f["p_present"] for f in af]) < 0.5 < np.nanmedian([f["p_present"] for f in normal])
 
 
-def test_premature_ventricular_beats_look_odd_and_atrial_ones_do_not(cpsc):
+def test_premature_ventricular_beats_look_odd_and_atrial_ones_do_not(cpsc_by_label):
     def premature(label: str) -> list[dict[str, float]]:
-        fs = [expert_features(load(e).signal, e.fs) for e in cpsc[label][:8]]
+        fs = [expert_features(load(e).signal, e.fs) for e in cpsc_by_label[label][:8]]
         return [f for f in fs if f["coupling_min"] < 0.85]
 
     pvc, pac = premature("PVC"), premature("PAC")
@@ -141,8 +133,8 @@ def test_numpy_features_never_raise_on_bad_signals():
         expert_features(noise, 500.0, engine="wavelets")
 
 
-def test_numpy_features_survive_nan_leads_in_a_real_record(cpsc):
-    e = cpsc["Normal"][0]
+def test_numpy_features_survive_nan_leads_in_a_real_record(cpsc_by_label):
+    e = cpsc_by_label["Normal"][0]
     sig = load(e).signal.astype(np.float64)
     clean = expert_features(sig, e.fs)
     sig[:, 1000:1100] = np.nan  # a 0.2 s dropout in every lead
@@ -152,8 +144,8 @@ def test_numpy_features_survive_nan_leads_in_a_real_record(cpsc):
     assert abs(broken["qrs_ms"] - clean["qrs_ms"]) < 20
 
 
-def test_engines_agree_on_rhythm_and_qrs(cpsc):
-    for e in cpsc["Normal"][:3] + cpsc["RBBB"][:2]:
+def test_engines_agree_on_rhythm_and_qrs(cpsc_by_label):
+    for e in cpsc_by_label["Normal"][:3] + cpsc_by_label["RBBB"][:2]:
         sig = load(e).signal
         a, b = expert_features(sig, e.fs, engine="numpy"), expert_features(sig, e.fs, engine="neurokit2")
         assert abs(a["hr"] - b["hr"]) < 3, e.record_id
@@ -161,9 +153,9 @@ def test_engines_agree_on_rhythm_and_qrs(cpsc):
         assert all(math.isnan(b[n]) for n in NUMPY_ONLY_NAMES)
 
 
-def test_numpy_engine_does_not_import_neurokit2(cpsc, tmp_path):
+def test_numpy_engine_does_not_import_neurokit2(cpsc_by_label, tmp_path):
     # The record is handed over as .npy: wfdb (the reader) imports pandas, the features must not.
-    e = cpsc["Normal"][0]
+    e = cpsc_by_label["Normal"][0]
     np.save(tmp_path / "record.npy", load(e).signal)
     code = (
         "import sys\n"
