@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ from cpsc2018.cache import DEFAULT_CACHE_DIR  # noqa: E402
 from cpsc2018.catalog import scan  # noqa: E402
 from cpsc2018.labels import label_names  # noqa: E402
 from cpsc2018.util import atomic_write_bytes, atomic_write_text, default_data_dir  # noqa: E402
+from federated.cv import fmt, mean_sd  # noqa: E402
 from federated.outputs import write_json  # noqa: E402
 
 LABELS = list(label_names("six"))
@@ -140,16 +140,8 @@ def fused_rows(reports: list[dict], rule: str) -> tuple[list[dict], list[float]]
     return rows, weights
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    if not v.size:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
 def cell(values: list[float]) -> str:
-    m, s = mean_sd(values)
-    return "n/a" if math.isnan(m) else f"{m:.3f} ± {s:.3f}"
+    return fmt(mean_sd(values))
 
 
 def table(rows: dict[str, list[dict]], metric: str) -> list[str]:
@@ -176,7 +168,8 @@ def plot(rows: dict[str, list[dict]], path: Path) -> None:
         for j, (name, folds) in enumerate(rows.items()):
             stats = [mean_sd([f["per_class"][lab][metric] for f in folds]) for lab in LABELS]
             stats.append(mean_sd([f["macro"][metric] for f in folds]))
-            ax.bar(xs + j * width, [s[0] for s in stats], width, yerr=[s[1] for s in stats], label=name.strip("*"), capsize=2)
+            ax.bar(xs + j * width, [s["mean"] for s in stats], width, yerr=[s["sd"] for s in stats],
+                   label=name.strip("*"), capsize=2)
         ax.set_xticks(xs + width * (len(rows) - 1) / 2, LABELS + ["macro"])
         ax.set_ylabel(f"test {metric.upper() if metric == 'auroc' else 'F1'} (mean ± sd over folds)")
         ax.set_ylim(0, 1.05)

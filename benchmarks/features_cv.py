@@ -16,7 +16,6 @@ a third row gives the numpy engine restricted to those names (what the numpy-onl
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ from cpsc2018.labels import label_names
 from cpsc2018.splits import patient_folds
 from cpsc2018.util import default_data_dir
 from federated.baseline import feature_matrix, fit_predict
+from federated.cv import fmt, mean_sd
 from federated.metrics import multilabel_metrics, tune_thresholds
 
 LABEL_SET = "six"
@@ -53,10 +53,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, folds: list[dict[str, list[int]
 
 
 def _mean_sd(values: list[float]) -> str:
-    v = np.array([a for a in values if a is not None and math.isfinite(a)])
-    if not len(v):
-        return "n/a"
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+    return fmt(mean_sd(values))
 
 
 def feature_seconds(entries: list[Entry], engine: str, n: int = 40) -> tuple[float, float, int]:

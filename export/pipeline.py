@@ -59,6 +59,7 @@ from export.metadata import MetadataError, read_onnx_metadata
 from federated.baseline import candidates, feature_matrix, fit_predict
 from federated.checkpoint import CheckpointError, load_checkpoint
 from federated.metrics import multilabel_metrics, tune_thresholds
+from federated.outputs import json_safe
 from mobile_app.inference import (
     FEATURE_MODEL_INPUT, FEATURE_MODEL_MARKER, FEATURE_MODEL_OUTPUT, PIPELINE_KEY, Classifier, ClassifyError,
     PipelineSpec, fuse,
@@ -313,8 +314,6 @@ def _macro_ap(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _macro_f1_tuned(y: np.ndarray, p: np.ndarray) -> float:
-    from federated.metrics import multilabel_metrics, tune_thresholds
-
     return float(multilabel_metrics(y, p, [str(k) for k in range(y.shape[1])], tune_thresholds(y, p))["macro"]["f1"])
 
 
@@ -351,16 +350,12 @@ def choose_weight(
 
 
 def machine() -> dict[str, object]:
-    """CPU model and int8 instructions (``export.cpu``: VNNI makes int8 about twice as fast relative to
-    fp32, PLATFORM.md), cores, onnxruntime version."""
-    import onnxruntime as ort
+    """The export report's machine (CPU, its class and int8 features, software) plus the VNNI flag the
+    report's last line names (VNNI makes int8 about twice as fast relative to fp32, PLATFORM.md)."""
+    from export.report import machine as export_machine
 
-    from export.cpu import cpu_class, cpu_features
-
-    info = cpu_features()
-    feats = info.get("features") or {}
-    return {"cpu": info.get("model"), "cpu_class": cpu_class(info), "avx512_vnni": feats.get("avx512_vnni"),
-            "cpu_features": feats, "cores": os.cpu_count(), "onnxruntime": ort.__version__}
+    m = export_machine()
+    return {**m, "avx512_vnni": (m["cpu_features"].get("features") or {}).get("avx512_vnni")}
 
 
 @dataclass
@@ -545,7 +540,7 @@ def run_pipeline(
                   for name, attr in (("keys", "keys"), ("targets", "y"), ("network", "network"),
                                      ("features", "features"), ("pipeline", "final"))}
         np.savez(tmp / "scores.npz", **arrays)
-        (tmp / "report.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+        (tmp / "report.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))
         log(f"[5/5] writing {out}")
         if out.exists():
@@ -556,19 +551,6 @@ def run_pipeline(
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _clean(v):
-    """JSON-safe: NaN -> None, numpy scalars -> Python."""
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return None if math.isnan(float(v)) else float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 def _f(v: float | None) -> str:

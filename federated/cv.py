@@ -81,12 +81,14 @@ def summarize(per_fold: list[dict], labels: list[str]) -> dict:
     for metric in METRICS:
         for name in labels:
             vals = [f["per_class"][name][metric] for f in per_fold]
-            out["per_class"].setdefault(name, {})[metric] = _mean_sd(vals)
-        out["macro"][metric] = _mean_sd([f["macro"][metric] for f in per_fold])
+            out["per_class"].setdefault(name, {})[metric] = mean_sd(vals)
+        out["macro"][metric] = mean_sd([f["macro"][metric] for f in per_fold])
     return out
 
 
-def _mean_sd(vals: list[float]) -> dict:
+def mean_sd(vals: list[float]) -> dict:
+    """Mean, sd (n - 1) and count of the defined values (None and NaN are skipped); one home for the
+    "mean ± sd over folds" of the training command and the benchmarks."""
     v = np.array([x for x in vals if x is not None and not math.isnan(x)], dtype=float)
     return {
         "mean": float(v.mean()) if v.size else math.nan,
@@ -96,6 +98,7 @@ def _mean_sd(vals: list[float]) -> dict:
 
 
 def fmt(ms: dict) -> str:
+    """``mean ± sd`` with three decimals, or n/a (see :func:`mean_sd`)."""
     return "n/a" if math.isnan(ms["mean"]) else f"{ms['mean']:.3f} ± {ms['sd']:.3f}"
 
 

@@ -53,12 +53,12 @@ def make_checkpoint(
     )
 
 
-def _clean(obj):
+def json_safe(obj):
     """JSON with NaN as null (NaN is not JSON); reasons for NaN live beside the numbers."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return None if math.isnan(float(obj)) else float(obj)
     if isinstance(obj, np.integer):
@@ -67,7 +67,7 @@ def _clean(obj):
 
 
 def write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(_clean(obj), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
 def write_history(path: Path, history: list[dict]) -> None:
