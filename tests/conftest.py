@@ -17,19 +17,6 @@ def data_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def full_catalog(data_dir: Path):
-    """Every record of the shared data, read once per session (about 20 s for 2,671 records)."""
-    from cpsc2018.catalog import scan
-
-    return scan(data_dir, progress=False)
-
-
-@pytest.fixture(scope="session")
-def twelve_lead_entries(full_catalog):
-    return [e for e in full_catalog.entries if e.n_leads == 12]
-
-
 # The fixed subset for tests that train or score (DECISIONS: tests must not grow with ../shared/data):
 # every folder except ptbxl_extra/ (the 685 records the suite was sized on), plus the first
 # SMALL_EXTRA recordings of ptbxl_extra/ (records100/ only) so that the 100 Hz-only layout stays covered.
@@ -76,3 +63,16 @@ def cpsc_by_label(data_dir: Path) -> dict:
         if len(e.classes) == 1:
             out.setdefault(next(iter(e.classes)), []).append(e)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_catalog(small_data: Path):
+    """The fixed subset, read once per session."""
+    from cpsc2018.catalog import scan
+
+    return scan(small_data, progress=False)
+
+
+@pytest.fixture(scope="session")
+def twelve_lead_entries(small_catalog):
+    return [e for e in small_catalog.entries if e.n_leads == 12]

@@ -180,19 +180,20 @@ def test_inspect_missing_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_inspect_real_data_matches_readme(data_dir, tmp_path, capsys):
+def test_inspect_real_data_matches_readme(small_data, tmp_path, capsys):
     out = tmp_path / "s.json"
-    assert inspect_main(["--data", str(data_dir), "--json", str(out)]) == 0
+    assert inspect_main(["--data", str(small_data), "--json", str(out)]) == 0
     s = json.loads(out.read_text())
-    # ../shared/data/README.md: 2,648 12-lead records (AF 182, I-AVB 92, LBBB 60, RBBB 70, PAC 70, PVC 137)
-    # and 23 MIT-BIH records.
-    assert s["labels"] == {"AF": 182, "I-AVB": 92, "LBBB": 60, "RBBB": 70, "PAC": 70, "PVC": 137}
-    assert s["records"] == 2671
+    # The fixed subset (conftest.small_data): every folder but ptbxl_extra/, whose README counts were
+    # 685 records (AF 35, I-AVB 19, LBBB 15, RBBB 35, PAC 34, PVC 31; PTB-XL 422), plus the first 30
+    # rows of ptbxl_extra/'s table (AF 3, I-AVB 3, LBBB 1, PVC 3).
+    assert s["labels"] == {"AF": 38, "I-AVB": 22, "LBBB": 16, "RBBB": 35, "PAC": 34, "PVC": 34}
+    assert s["records"] == 715
     assert s["by_source"] == {
-        "CPSC-Extra": 8, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "MIT-BIH": 23, "PTB": 8, "PTB-XL": 2408,
+        "CPSC-Extra": 8, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "MIT-BIH": 23, "PTB": 8, "PTB-XL": 452,
     }
     assert s["unreadable"] == []
     # ptbxl_extra/ has records100/ only: read at 100 Hz although 500 Hz was asked, and said so.
-    assert s["ptbxl_folders"]["ptbxl_extra"] == {"records": 1986, "rates": [100]}
+    assert s["ptbxl_folders"]["ptbxl_extra"] == {"records": 30, "rates": [100]}
     assert s["ptbxl_folders"]["ptbxl"] == {"records": 400, "rates": [500]}
     assert "ptbxl_extra has no 500 Hz files" in capsys.readouterr().out

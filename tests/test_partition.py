@@ -15,8 +15,9 @@ def entries(twelve_lead_entries):
 def test_site_partition_matches_decisions(entries):
     clients, log = partition_by_site(entries)
     sizes = {k: len(v) for k, v in clients.items()}
-    # DECISIONS.md: CPSC2018 129, PTB-XL 2,408, Chapman/Ningbo 71, Georgia 24; CPSC-Extra 8 + PTB 8 -> other
-    assert sizes == {"PTB-XL": 2408, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "other": 16}
+    # The fixed subset: PTB-XL 452 (400 + 22 challenge records + 30 of ptbxl_extra), CPSC2018 129,
+    # Chapman/Ningbo 71, Georgia 24; CPSC-Extra 8 + PTB 8 merge into "other" (DECISIONS: sites under 20)
+    assert sizes == {"PTB-XL": 452, "CPSC2018": 129, "Chapman/Ningbo": 71, "Georgia": 24, "other": 16}
     assert any("CPSC-Extra (8)" in line and "PTB (8)" in line for line in log)
 
 
