@@ -76,7 +76,27 @@ _CLASSES: dict[str, ClassDef] = {
 
 SIX: tuple[str, ...] = ("AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC")
 CPSC9: tuple[str, ...] = ("Normal", "AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE")
-LABEL_SETS: dict[str, tuple[str, ...]] = {"six": SIX, "cpsc9": CPSC9}
+# The five AAMI EC57 heartbeat classes (ANSI/AAMI EC57:1998; the inter-patient protocol of de Chazal et
+# al., IEEE TBME 51:1196, 2004) and the MIT-BIH beat symbols each one pools. Beat classification is
+# multi-class (one class per beat), unlike the record-level label sets above. Every other annotation
+# (rhythm changes "+", noise "~", comments, non-conducted P waves "x", ...) is not a beat and is skipped.
+AAMI: tuple[str, ...] = ("N", "S", "V", "F", "Q")
+AAMI_SYMBOLS: dict[str, tuple[str, ...]] = {
+    "N": ("N", "L", "R", "e", "j"),  # normal, bundle branch block, atrial / nodal escape
+    "S": ("A", "a", "J", "S"),  # supraventricular ectopic: atrial / aberrated atrial / nodal / SV premature
+    "V": ("V", "E"),  # premature ventricular contraction, ventricular escape
+    "F": ("F",),  # fusion of ventricular and normal
+    "Q": ("/", "f", "Q"),  # paced, fusion of paced and normal, unclassifiable
+}
+_AAMI_INDEX = {sym: cls for cls, syms in AAMI_SYMBOLS.items() for sym in syms}
+
+
+def aami_class(symbol: str) -> str | None:
+    """The AAMI class of a WFDB beat annotation symbol, or None for a non-beat annotation."""
+    return _AAMI_INDEX.get(symbol)
+
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {"six": SIX, "cpsc9": CPSC9, "aami": AAMI}
 
 
 def label_names(label_set: str = "six") -> tuple[str, ...]:

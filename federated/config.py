@@ -22,6 +22,8 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     mode: str = "central"  # central | local | federated
     labels: str = "six"  # six | cpsc9
+    # "six": the 12-lead record task; "beats": AAMI heartbeat classes on MIT-BIH records (federated.beats).
+    task: str = "six"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # Mixed precision only pays on a GPU; on CPU bf16 autocast slows small convolutions down.
@@ -73,6 +75,7 @@ class TrainConfig:
         checks = {
             "mode": ("central", "local", "federated"),
             "labels": ("six", "cpsc9"),
+            "task": ("six", "beats"),
             "device": ("auto", "cpu", "cuda"),
             "partition": ("site", "iid", "dirichlet"),
             "strategy": STRATEGIES,
@@ -131,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", type=json.loads, default={}, help="JSON constructor arguments of the model")
     p.add_argument("--mode", choices=("central", "local", "federated"), default=d.mode)
     p.add_argument("--labels", choices=("six", "cpsc9"), default=d.labels)
+    p.add_argument(
+        "--task", choices=("six", "beats"), default=d.task,
+        help="six: 12-lead records; beats: AAMI heartbeat classes on MIT-BIH records (--data holds .hea/.dat/.atr)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")

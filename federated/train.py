@@ -6,6 +6,7 @@ Examples::
     python -m federated.train --mode local --epochs 20 --out runs/local
     python -m federated.train --mode federated --partition site --rounds 20 --out runs/fed
     python -m federated.train --folds 5 --epochs 40 --patience 8 --ema 0.998 --augment --out runs/cv
+    python -m federated.train --task beats --data ../shared/data/mitbih --epochs 8 --batch-size 128 --out runs/beats
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def run_local(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
 
 
 def run(cfg: TrainConfig) -> dict:
+    if cfg.task == "beats":  # AAMI heartbeats on MIT-BIH records: its own data, loop and metrics
+        from federated.beats import run_beats
+
+        return run_beats(cfg)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     exp = prepare(cfg)

@@ -22,6 +22,7 @@ SMALL = {
     "alexnet1d": {"width": 8, "hidden": 32},
     "squeezenet1d": {"width": 4},
     "rnn_attention": {"width": 16, "hidden": 16},
+    "beatnet": {"widths": [8, 8, 16, 16]},
 }
 # ONNX Runtime and torch run the same float32 graph with different kernels: 1e-4 absolute on logits
 # of order 1 is a few ulps of accumulated rounding, far below any decision difference.
