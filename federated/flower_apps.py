@@ -1,16 +1,29 @@
 """Flower 1.41 Message-API apps. They only adapt messages to ``federated.engine``.
 
 ClientApp: ``train`` (local epochs from the global weights; FedProx term when ``proximal-mu`` > 0)
-and ``evaluate`` (the global model on the client's own validation records). Everything a client needs
-arrives in the message's ConfigRecord (model, hyper-parameters, the plan file) or its node config
-(``partition-id`` in simulation); nothing depends on the simulation engine, so the same app runs
-under Flower's deployment engine.
+and ``evaluate`` (the global model on the client's own validation or held-out records). Everything a
+client needs arrives in the message's ConfigRecord (model, hyper-parameters) or its node config. The
+same app runs on both engines:
+
+- simulation: node config ``partition-id``; the records come from the plan file the training command
+  wrote (``plan`` in the message);
+- deployment (a hospital's SuperNode): node config ``data-path`` (a folder on that machine, never sent
+  by the server), optional ``name``, ``cache-dir`` and ``partition-id``. The node scans its own folder,
+  splits its patients into train/validation/held-out with the run's seed, and trains on its own part.
+
+What leaves a node: the model update (``arrays``), its record counts and loss, and on ``evaluate``
+per-class metrics plus per-class histograms of its scores for positive and negative records (counts
+in 1/``HIST_BINS`` bins), from which the server computes pooled thresholds, F1 and AUROC without
+seeing a record or a per-record score.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +32,9 @@ from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cpsc2018.cache import RecordCache
 from cpsc2018.dataset import EvalWindows, TrainWindows
+from federated.data import DataError
 from federated.engine import pos_weight, predict_records, resolve_device, train_one_epoch
 from federated.metrics import multilabel_metrics
 from federated.plan import load_plan
@@ -31,13 +46,27 @@ app = ClientApp()
 SKIP_KEYS = ("num_batches_tracked",)
 
 
-def to_arrays(model: nn.Module) -> ArrayRecord:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith(SKIP_KEYS)}
+# Score histograms sent by ``evaluate``: 1,000 bins of width 0.001, fine enough that thresholds and
+# AUROC computed from them differ from the exact per-record figures by well under 0.01.
+HIST_BINS = 1000
+
+
+def to_arrays(model: nn.Module, dtype: str = "float32") -> ArrayRecord:
+    """The model's weights as an ArrayRecord; ``float16`` halves the bytes a node sends (the server
+    averages in float32 again). Integer buffers keep their type."""
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(SKIP_KEYS):
+            continue
+        v = v.detach().cpu()
+        if dtype == "float16" and v.is_floating_point():
+            v = v.half()
+        state[k] = v
     return ArrayRecord(state)
 
 
 def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
-    state = arrays.to_torch_state_dict()
+    state = {k: v.float() if v.is_floating_point() else v for k, v in arrays.to_torch_state_dict().items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     bad = [k for k in missing if not k.endswith(SKIP_KEYS)] + list(unexpected)
     if bad:
@@ -50,31 +79,89 @@ def _model_from_config(c: ConfigRecord) -> nn.Module:
     return create_model(str(c["model"]), **json.loads(str(c["model-kwargs"])))
 
 
-def _client(context: Context, c: ConfigRecord):
+@dataclass(frozen=True)
+class NodeData:
+    """The records one client trains and is scored on (indices into ``cache``/``targets``)."""
+
+    name: str
+    pid: int
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    cache: RecordCache
+    targets: np.ndarray
+
+
+@lru_cache(maxsize=4)
+def _local_data(path: str, name: str, pid: int, seed: int, labels: str, ptbxl_rate: int, max_per_site: int, cache_dir: str) -> NodeData:
+    """A hospital's node: its own folder, split by patient with the run's seed. Memoised per process
+    (a long-lived ClientApp process serves many rounds)."""
+    from federated.config import TrainConfig
+    from federated.data import prepare
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError(f"node {name}: data folder {path} does not exist or is not a folder")
+    cfg = TrainConfig(data=path, seed=seed, labels=labels, ptbxl_rate=ptbxl_rate, max_per_site=max_per_site, cache_dir=cache_dir)
+    try:
+        exp = prepare(cfg, progress=False)
+    except (DataError, OSError) as exc:
+        raise DataError(f"node {name}: data folder {path}: {exc}") from None
+    return NodeData(name, pid, exp.split["train"], exp.split["val"], exp.split["test"], exp.cache, exp.targets)
+
+
+def node_data(context: Context, c: ConfigRecord) -> NodeData:
+    nc = context.node_config
+    pid = int(nc.get("partition-id", 0))
+    if "data-path" in nc:
+        path = str(nc["data-path"])
+        name = str(nc.get("name", Path(path).name or path))
+        return _local_data(
+            path, name, pid, int(c["seed"]), str(c.get("label-set", "six")),
+            int(c.get("ptbxl-rate", 500)), int(c.get("max-per-site", 0)), str(nc.get("cache-dir", "")),
+        )
+    if "plan" not in c:
+        raise DataError("this node has no data-path in its node config (start it with --node-config 'data-path=\"/your/records\"')")
     plan, cache, targets = load_plan(str(c["plan"]))
-    pid = int(context.node_config.get("partition-id", 0))
     if pid >= len(plan.clients):
         raise ValueError(f"partition-id {pid} but the plan has {len(plan.clients)} clients")
-    return plan.clients[pid], cache, targets, pid
+    cp = plan.clients[pid]
+    return NodeData(cp.name, pid, cp.train, cp.val, [], cache, targets)
+
+
+def _node_record(node: NodeData) -> ConfigRecord:
+    # Who answered: the server records which nodes took part in each round.
+    return ConfigRecord({"name": node.name, "partition-id": node.pid})
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     c = msg.content["config"]
-    client, cache, targets, pid = _client(context, c)
+    node = node_data(context, c)
+    if not node.train:
+        raise DataError(f"node {node.name}: no training records after the patient split")
+    weights = train_local(node, c, msg.content["arrays"])
+    metrics = MetricRecord({"train_loss": weights[1], "num-examples": len(node.train)})
+    content = RecordDict({"arrays": weights[0], "metrics": metrics, "node": _node_record(node)})
+    return Message(content=content, reply_to=msg)
+
+
+def train_local(node: NodeData, c: ConfigRecord, arrays: ArrayRecord) -> tuple[ArrayRecord, float]:
+    """Local epochs from the global weights: the one training loop of ``federated.engine``."""
     torch.set_num_threads(int(c.get("threads", torch.get_num_threads())))
     round_ = int(c["server-round"]) + int(c.get("round-offset", 0))
-    seed = int(c["seed"]) * 1000 + pid
+    seed = int(c["seed"]) * 1000 + node.pid
     torch.manual_seed(seed * 10_007 + round_)
     device = resolve_device(str(c.get("device", "cpu")))
     model = _model_from_config(c).to(device)
-    load_arrays(model, msg.content["arrays"])
+    load_arrays(model, arrays)
     global_params = [p.detach().clone() for p in model.parameters()]
-    ds = TrainWindows(cache, targets, client.train, seed=seed)
+    cache, targets = node.cache, node.targets
+    ds = TrainWindows(cache, targets, node.train, seed=seed)
     batch = int(c["batch-size"])
     gen = torch.Generator()
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, generator=gen)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight(targets[client.train], float(c["pos-weight-cap"])).to(device))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight(targets[node.train], float(c["pos-weight-cap"])).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight-decay"]))
     losses = []
     for e in range(int(c["local-epochs"])):
@@ -88,35 +175,51 @@ def train(msg: Message, context: Context) -> Message:
                 proximal_mu=float(c.get("proximal-mu", 0.0)), global_params=global_params,
             )
         )
-    metrics = MetricRecord({"train_loss": float(np.mean(losses)), "num-examples": len(client.train)})
-    content = RecordDict({"arrays": to_arrays(model), "metrics": metrics})
-    return Message(content=content, reply_to=msg)
+    return to_arrays(model, str(c.get("update-dtype", "float32"))), float(np.mean(losses))
+
+
+def score_histograms(y: np.ndarray, probs: np.ndarray) -> tuple[list[int], list[int]]:
+    """Per class, counts of positive and negative records per score bin, flattened class-major."""
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+    pos, neg = [], []
+    for k in range(probs.shape[1]):
+        p = np.clip(probs[:, k], 0.0, 1.0)
+        pos += np.histogram(p[y[:, k] == 1], bins=edges)[0].astype(int).tolist()
+        neg += np.histogram(p[y[:, k] == 0], bins=edges)[0].astype(int).tolist()
+    return pos, neg
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Per-client validation metrics. A label without positives on this client is NaN (with the
-    reason logged by the server), never 0, so it cannot drag an average down unnoticed."""
+    """Per-client metrics on its validation records (``part`` = ``val``, every round) or its held-out
+    records (``part`` = ``test``, once at the end of a deployment run). A label without positives on
+    this client is NaN (with the reason logged by the server), never 0, so it cannot drag an average
+    down unnoticed."""
     c = msg.content["config"]
-    client, cache, targets, pid = _client(context, c)
+    node = node_data(context, c)
+    part = str(c.get("part", "val"))
+    idx = node.test if part == "test" else node.val
     device = resolve_device(str(c.get("device", "cpu")))
     model = _model_from_config(c).to(device)
     load_arrays(model, msg.content["arrays"])
     labels = json.loads(str(c["labels"]))
     # Every client answers with the same keys (Flower refuses to aggregate differing records); a
-    # client without validation records sends NaN with weight 0.
-    record: dict[str, float | int] = {"num-examples": len(client.val), "client-id": pid, "val_loss": math.nan, "macro_auroc": math.nan}
+    # client without records in this part sends NaN with weight 0.
+    record: dict = {"num-examples": len(idx), "client-id": node.pid, "val_loss": math.nan, "macro_auroc": math.nan}
     record.update({f"{kind}_{name}": math.nan for name in labels for kind in ("f1", "auroc")})
-    if client.val:
-        ds = EvalWindows(cache, targets, client.val)
-        probs, loss = predict_records(model, DataLoader(ds, batch_size=64), len(client.val), device, loss_fn=nn.BCEWithLogitsLoss())
+    probs = np.zeros((0, len(labels)))
+    if idx:
+        ds = EvalWindows(node.cache, node.targets, idx)
+        probs, loss = predict_records(model, DataLoader(ds, batch_size=64), len(idx), device, loss_fn=nn.BCEWithLogitsLoss())
         thresholds = json.loads(str(c["thresholds"])) if "thresholds" in c else [0.5] * len(labels)
-        m = multilabel_metrics(targets[client.val], probs, labels, thresholds)
+        m = multilabel_metrics(node.targets[idx], probs, labels, thresholds)
         record.update(val_loss=float(loss), macro_auroc=float(m["macro"]["auroc"]))
         for name, pc in m["per_class"].items():
             record[f"f1_{name}"] = float(pc["f1"])
             record[f"auroc_{name}"] = float(pc["auroc"])
-    content = RecordDict({"metrics": MetricRecord(record)})
+    pos, neg = score_histograms(node.targets[idx] if idx else np.zeros((0, len(labels))), probs)
+    record.update({"hist-pos": pos, "hist-neg": neg})
+    content = RecordDict({"metrics": MetricRecord(record), "node": _node_record(node)})
     return Message(content=content, reply_to=msg)
 
 

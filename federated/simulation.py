@@ -154,7 +154,9 @@ def make_server_app(
                 for mr in rd.metric_records.values():
                     pid = int(mr.get("client-id", -1))
                     name = plans[pid].name if 0 <= pid < len(plans) else str(pid)
-                    per_client[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in mr.items()}
+                    per_client[name] = {
+                        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in mr.items() if not isinstance(v, list)
+                    }
                     if no_positive.get(name):
                         per_client[name]["undefined"] = (
                             f"no positive validation record for {', '.join(no_positive[name])}: their F1/AUROC are NaN"
@@ -213,7 +215,7 @@ def make_server_app(
             return
         common = {
             "plan": str(plan_path), "model": cfg.model, "model-kwargs": json.dumps(kwargs), "seed": cfg.seed,
-            "round-offset": state["offset"], "device": str(device), "labels": json.dumps(labels),
+            "round-offset": state["offset"], "device": str(device), "labels": json.dumps(labels), "label-set": cfg.labels,
             # One torch thread per client: the simulation runs one client per core.
             "threads": 1,
         }
