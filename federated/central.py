@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from federated import progress_hook
 from federated.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from federated.config import TrainConfig
 from federated.data import Experiment, eval_loader, set_epoch, train_loader
@@ -58,8 +60,13 @@ def fit(
     test_idx: list[int],
     *,
     name: str = "central",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Train ``cfg.epochs`` epochs on ``train_idx``; keep the best epoch by validation; score test."""
+    """Train ``cfg.epochs`` epochs on ``train_idx``; keep the best epoch by validation; score test.
+
+    ``on_epoch(epoch, score)`` is called after each epoch's validation (and its checkpoints) with the
+    selection score; None reports to ``federated.progress_hook`` (nobody listens by default). It may
+    raise to stop training (the hyperparameter search prunes trials this way)."""
     from resnet1d import create_model
 
     progress = sys.stderr.isatty()
@@ -140,6 +147,7 @@ def fit(
             state["ema"] = ema.state_dict()
             state["raw_state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         save_checkpoint(last_path, make_checkpoint(scored, cfg, exp, kwargs, thresholds, {"val": m}, state, feature_names))
+        (on_epoch or progress_hook.report)(epoch, score)
         if cfg.patience and epoch - best["epoch"] >= cfg.patience:
             log.info("%s: no better validation score for %d epochs: stopping after epoch %d (best %d)", name, cfg.patience, epoch, best["epoch"])
             break
