@@ -113,8 +113,10 @@ def _local_data(path: str, name: str, pid: int, seed: int, labels: str, ptbxl_ra
 def node_data(context: Context, c: ConfigRecord) -> NodeData:
     nc = context.node_config
     pid = int(nc.get("partition-id", 0))
-    if "data-path" in nc:
-        path = str(nc["data-path"])
+    # ``site-paths`` (one folder per partition-id) only comes with the simulation engine's rehearsal of a
+    # deployment (``federated.deploy --engine simulation``), where every "node" is on this machine.
+    if "data-path" in nc or "site-paths" in c:
+        path = str(nc["data-path"]) if "data-path" in nc else json.loads(str(c["site-paths"]))[pid]
         name = str(nc.get("name", Path(path).name or path))
         return _local_data(
             path, name, pid, int(c["seed"]), str(c.get("label-set", "six")),
