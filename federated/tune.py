@@ -199,7 +199,8 @@ class Reporter:
     """Listener for ``progress_hook``: reports each validation score to the trial and prunes.
 
     With ``--folds`` every fold restarts at epoch 1; the step is then ``fold * epochs + epoch`` so that
-    a fold's epoch is compared with the same fold's epoch in other trials."""
+    a fold's epoch is compared with the same fold's epoch in other trials (against the trial's best value
+    so far, Optuna's rule: a strong early fold keeps a trial going)."""
 
     def __init__(self, trial: optuna.Trial, per_fold: int) -> None:
         self.trial, self.per_fold, self.fold, self.prev = trial, per_fold, 0, 0
@@ -310,8 +311,9 @@ def check_same_setup(study: optuna.Study, base: TrainConfig, space: SearchSpace)
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
-        # 3 trials before pruning, never in the first 2 steps (one-cycle warm-up makes them noisy).
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+        # 3 trials before pruning, never at steps 1-2 (steps below n_warmup_steps; one-cycle warm-up makes the
+        # first epochs noisy). Optuna compares the trial's best value so far with the others' at the same step.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=2, reduction_factor=3)
     return optuna.pruners.NopPruner()

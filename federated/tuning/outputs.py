@@ -116,6 +116,7 @@ def write_plots(study_dir: Path, study: optuna.Study) -> list[str]:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # matplotlib: a parameter with one value has a flat axis
             try:
                 ax = fn(study)
             except (ValueError, RuntimeError) as exc:
