@@ -28,23 +28,28 @@ def _stretch(x: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.cat([y, y[..., : t - n]], dim=-1)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, fs: float) -> torch.Tensor:
-    """x: [batch, leads, samples] standardised signal -> augmented copy (same shape)."""
+def augment_batch(x: torch.Tensor, gen: torch.Generator, fs: float, strength: float = 1.0) -> torch.Tensor:
+    """x: [batch, leads, samples] standardised signal -> augmented copy (same shape).
+
+    ``strength`` scales every nuisance below (gain spread, noise, wander, shift, stretch, dropout
+    probability) for the hyperparameter search; 1.0 gives exactly the values described (the random
+    draws do not depend on it, so the stream of a seeded run is the same at any strength)."""
     b, leads, t = x.shape
     dev = x.device
-    scale = 0.8 + 0.4 * torch.rand(b, leads, 1, generator=gen)  # +-20 % gain, per lead
-    noise = 0.03 * torch.randn(x.shape, generator=gen)  # ~3 % of a standardised lead's spread
+    s = float(strength)
+    scale = (1 - 0.2 * s) + (0.4 * s) * torch.rand(b, leads, 1, generator=gen)  # +-20 % gain, per lead
+    noise = (0.03 * s) * torch.randn(x.shape, generator=gen)  # ~3 % of a standardised lead's spread
     # Baseline wander: a 0.1-0.5 Hz sinusoid (breathing) of up to 0.3 standard deviations.
     freq = 0.1 + 0.4 * torch.rand(b, 1, 1, generator=gen)
     phase = 2 * math.pi * torch.rand(b, 1, 1, generator=gen)
-    amp = 0.3 * torch.rand(b, 1, 1, generator=gen)
+    amp = (0.3 * s) * torch.rand(b, 1, 1, generator=gen)
     tt = torch.arange(t, dtype=torch.float32).view(1, 1, t) / fs
     wander = amp * torch.sin(2 * math.pi * freq * tt + phase)
     out = x * scale.to(dev) + noise.to(dev) + wander.to(dev)
     # Circular time shift of up to 1 s: the beat grid moves against the window edges.
-    shifts = torch.randint(-int(fs), int(fs) + 1, (b,), generator=gen)
-    factors = 1.0 + STRETCH * (2 * torch.rand(b, generator=gen) - 1)
-    drop = torch.rand(b, generator=gen) < LEAD_DROPOUT
+    shifts = torch.randint(-int(fs * s), int(fs * s) + 1, (b,), generator=gen)
+    factors = 1.0 + (STRETCH * s) * (2 * torch.rand(b, generator=gen) - 1)
+    drop = torch.rand(b, generator=gen) < LEAD_DROPOUT * s
     drop_lead = torch.randint(0, leads, (b,), generator=gen)
     rows = []
     for i in range(b):

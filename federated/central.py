@@ -125,6 +125,7 @@ def fit(
         train_loss = train_one_epoch(
             model, loaders["train"], optimizer, loss_fn, device, scheduler=scheduler, amp=cfg.amp,
             augment_gen=gen, fs=exp.pre.fs, progress=progress, desc=f"epoch {epoch}", ema=ema,
+            augment_strength=cfg.augment_strength,
         )
         probs, val_loss = predict_records(scored, loaders["val"], len(val_idx), device, loss_fn=eval_loss_fn)
         thresholds = tune_thresholds(val_targets, probs)

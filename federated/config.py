@@ -38,6 +38,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     workers: int = 2
     augment: bool = False
+    # Scales every augmentation's size (federated/augment.py; 1 = as documented there): a knob for the
+    # hyperparameter search. Central and local training only, until the federated clients take it.
+    augment_strength: float = 1.0
     # Training length made explicit: each epoch draws this many random windows of every training record
     # (one window per record per epoch gave only ~15 optimizer steps per epoch on 460 records).
     windows_per_record: int = 1
@@ -101,6 +104,11 @@ class TrainConfig:
             raise ValueError("--folds runs central training per fold; use it with --mode central")
         if self.alpha <= 0:
             raise ValueError(f"--alpha must be positive; got {self.alpha}")
+        # Above 2 the time stretch passes +-16 %: enough to move a PR or QRS duration across its diagnostic limit.
+        if not 0 <= self.augment_strength <= 2:
+            raise ValueError(f"--augment-strength must be in [0, 2]; got {self.augment_strength}")
+        if self.augment_strength != 1.0 and self.mode == "federated":
+            raise ValueError("--augment-strength is not passed to federated clients yet; use it in central or local mode")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment", action="store_true",
         help="per-lead amplitude scale, noise, baseline wander, time shift and stretch, lead dropout",
     )
+    p.add_argument("--augment-strength", type=float, default=d.augment_strength, help="scale of every augmentation (with --augment; 0-2)")
     p.add_argument("--windows-per-record", type=int, default=d.windows_per_record, help="random windows per record per epoch")
     p.add_argument("--ema", type=float, default=d.ema, help="weight moving-average decay per step (0 = off; e.g. 0.998)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without a better validation score (0 = off)")

@@ -54,6 +54,7 @@ def train_one_epoch(
     amp: bool = False,
     augment_gen: torch.Generator | None = None,
     fs: float = 250.0,
+    augment_strength: float = 1.0,
     proximal_mu: float = 0.0,
     global_params: list[torch.Tensor] | None = None,
     progress: bool = False,
@@ -69,7 +70,7 @@ def train_one_epoch(
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         y = batch[-1].to(device, non_blocking=True)
         if augment_gen is not None:
-            batch = [augment_batch(batch[0], augment_gen, fs), *batch[1:]]
+            batch = [augment_batch(batch[0], augment_gen, fs, augment_strength), *batch[1:]]
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
             logits = _forward(model, batch, device)

@@ -172,3 +172,17 @@ def test_reporter_steps_through_folds_and_prunes():
             progress_hook.report(1, 0.4)  # fold 1 restarts at epoch 1 -> step 3, below the median 0.9
     assert study.get_trials()[3].intermediate_values == {1: 0.5, 2: 0.5, 3: 0.4}
     progress_hook.report(5, 0.5)  # nobody listens any more: a no-op
+
+
+def test_augment_strength_scales_the_augmentations():
+    """The searched knob: 0 leaves the window as it is, smaller strengths change it less, 1 is the default."""
+    import torch
+
+    from federated.augment import augment_batch
+
+    x = torch.randn(16, 12, 500)
+    out = {s: augment_batch(x, torch.Generator().manual_seed(0), 250.0, s) for s in (0.0, 0.5, 1.0)}
+    assert torch.equal(out[0.0], x)
+    assert torch.equal(out[1.0], augment_batch(x, torch.Generator().manual_seed(0), 250.0))
+    change = {s: (out[s] - x).abs().mean().item() for s in (0.5, 1.0)}
+    assert 0 < change[0.5] < change[1.0]
