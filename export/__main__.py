@@ -43,6 +43,13 @@ def run_export(
     reduce_range: bool = DEFAULT_REDUCE_RANGE, log=print,
 ) -> dict:
     ckpt = load_checkpoint(checkpoint)
+    if ckpt.label_set == "aami":  # heartbeats: beat windows + RR features, softmax, gated per beat
+        from federated.beats.export import run_beat_export
+
+        return run_beat_export(
+            ckpt, checkpoint, data, out, opset=opset, method=method, max_f1_drop=max_f1_drop, min_agreement=min_agreement,
+            max_auroc_drop=max_auroc_drop, repeats=repeats, reduce_range=reduce_range, log=log,
+        )
     # Older checkpoints: write the resolved data options into the split that the ONNX metadata copies.
     ckpt.split = {**ckpt.split, "data_options": ckpt.data_options}
     try:

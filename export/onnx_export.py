@@ -33,6 +33,17 @@ class WithSigmoid(nn.Module):
         return torch.sigmoid(self.model(*inputs))
 
 
+class WithSoftmax(nn.Module):
+    """Multi-class models (heartbeats, label set ``aami``): the graph ends in a softmax over the classes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(*inputs), dim=1)
+
+
 def meta_from_checkpoint(ckpt: Checkpoint, quantization: dict | None = None) -> ModelMeta:
     return ModelMeta(
         model_name=ckpt.model_name,
@@ -71,7 +82,7 @@ def write_metadata(path: Path, meta: ModelMeta) -> None:
 def export_fp32(ckpt: Checkpoint, path: Path, window: int, opset: int = 17) -> nn.Module:
     """Write the fp32 graph: input ``ecg`` [batch, 12, samples] (batch and length dynamic)."""
     model = ckpt.build_model()
-    wrapped = WithSigmoid(model).eval()
+    wrapped = (WithSoftmax if ckpt.label_set == "aami" else WithSigmoid)(model).eval()
     n_in = int(ckpt.model_kwargs.get("in_leads", 12))
     # Example batch of 2: the exporter would specialise a batch of 1 (PLATFORM.md).
     example: tuple[torch.Tensor, ...] = (torch.randn(2, n_in, window),)

@@ -29,9 +29,11 @@ class OnnxPredictor:
         self.meta = ModelMeta.from_props(self.session.get_modelmeta().custom_metadata_map, source=path)
         self.output = self.session.get_outputs()[0].name
 
-    def predict_windows(self, windows: np.ndarray, batch: int = 64) -> np.ndarray:
+    def predict_windows(self, windows: np.ndarray, batch: int = 64, features: np.ndarray | None = None) -> np.ndarray:
+        """``features``: the second input when the caller computes it (a beat model's RR features come from
+        the whole record, not from the window); otherwise a hybrid model's hand features are computed here."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
-        feats = self.features(x)
+        feats = self.features(x) if features is None else np.ascontiguousarray(features, dtype=np.float32)
         outs = []
         for i in range(0, len(x), batch):
             feed = {INPUT_NAME: x[i : i + batch]}

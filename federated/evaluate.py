@@ -1,5 +1,8 @@
 """``python -m federated.evaluate --model-file FILE --data DIR [--split test|all] [--json FILE]``.
 
+Beat models (``--task beats``, detected from the file) score every annotated beat of every record under
+DIR instead (``federated.beats.evaluate``; ``--split`` does not apply).
+
 Scores a ``.pt`` checkpoint (torch) or an ``.onnx`` file (onnxruntime; labels, thresholds and
 preprocessing read from its metadata) on records under DIR: the held-out test records recorded in the
 model (``--split test``) or every readable 12-lead record (``--split all``). Reports per class and
@@ -124,6 +127,10 @@ def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: 
 
 
 def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool = False) -> dict:
+    from federated.beats.evaluate import evaluate_beat_model, is_beat_model
+
+    if path.exists() and is_beat_model(path):  # heartbeats: every annotated beat under DATA (federated.beats)
+        return evaluate_beat_model(path, data, progress=progress)
     model = load_model(path)
     rate = int(model.data_options["ptbxl_rate"])
     try:
@@ -189,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_report(result))
+    if result.get("task") == "beats":
+        from federated.beats.evaluate import format_beat_report
+
+        print(format_beat_report(result))
+    else:
+        print(format_report(result))
     if args.json:
         from federated.outputs import write_json
 

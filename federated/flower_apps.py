@@ -139,6 +139,10 @@ def _node_record(node: NodeData) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     c = msg.content["config"]
+    if str(c.get("task", "six")) == "beats":  # heartbeats (MIT-BIH): federated.beats.flower
+        from federated.beats.flower import beats_train
+
+        return beats_train(msg, context)
     node = node_data(context, c)
     if not node.train:
         raise DataError(f"node {node.name}: no training records after the patient split")
@@ -198,6 +202,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     this client is NaN (with the reason logged by the server), never 0, so it cannot drag an average
     down unnoticed."""
     c = msg.content["config"]
+    if str(c.get("task", "six")) == "beats":  # heartbeats (MIT-BIH): federated.beats.flower
+        from federated.beats.flower import beats_evaluate
+
+        return beats_evaluate(msg, context)
     node = node_data(context, c)
     part = str(c.get("part", "val"))
     idx = node.test if part == "test" else node.val
