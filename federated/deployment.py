@@ -37,6 +37,7 @@ from federated.central import SELECT_KEY, check_resume_compatible
 from federated.checkpoint import load_checkpoint, save_checkpoint
 from federated.config import TrainConfig
 from federated.flower_apps import HIST_BINS, load_arrays, nan_aware_average, to_arrays
+from federated.simulation import STRATEGY_STATE
 from federated.metrics import multilabel_metrics, tune_thresholds
 from federated.outputs import make_checkpoint, write_final, write_json
 
@@ -138,224 +139,302 @@ def _sum_histograms(records: list[RecordDict], n_labels: int) -> tuple[np.ndarra
     return pos, neg
 
 
+# Node id -> the name the node reported (a failed reply has no content, so its name comes from here).
+_NAMES: dict[int, str] = {}
+
+
 def _node_name(reply: Message) -> str:
-    rec = reply.content.config_records.get("node") if reply.content is not None else None
-    return str(rec["name"]) if rec is not None and "name" in rec else f"node {reply.metadata.src_node_id}"
+    nid = int(reply.metadata.src_node_id)
+    rec = reply.content.config_records.get("node") if reply.has_content() else None
+    if rec is not None and "name" in rec:
+        _NAMES[nid] = str(rec["name"])
+    return _NAMES.get(nid, f"node {nid}")
 
 
 def _array_bytes(arrays: ArrayRecord | None) -> int:
     return 0 if arrays is None else int(sum(a.numpy().nbytes for a in arrays.values()))
 
 
-def run_server(grid: Grid, cfg: TrainConfig, opts: DeployOptions, site_paths: list[str] | None = None) -> dict:
-    from federated.simulation import STRATEGY_STATE, build_strategy
-    from resnet1d import create_model
+class CountingGrid:
+    """The Grid, counting the payload bytes of every message sent and received, per message type
+    (weights, histograms, SecAgg+ keys, shares and masked vectors alike)."""
 
-    out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
-    labels = list(label_names(cfg.labels))
-    kwargs = {"num_classes": len(labels), "in_leads": 12, **cfg.model_kwargs}
-    side = _ServerSide(
-        PreprocessConfig(), tuple(labels),
-        {
-            "seed": cfg.seed, "fractions": list(cfg.split_fractions),
-            "data": "federated deployment: each node splits its own records by patient with this seed",
-            "val_ids": [], "test_ids": [], "data_options": {"ptbxl_rate": cfg.ptbxl_rate},
-        },
-    )
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, **kwargs)
-    last_path = out / "last.pt"
-    state: dict = {
-        "offset": 0, "best": {"score": -math.inf, "round": 0}, "history": [], "clients": {},
-        "arrays": None, "round": {}, "thresholds": [0.5] * len(labels),
-    }
-    if cfg.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        check_resume_compatible(ckpt.config, cfg, last_path)
-        model.load_state_dict(ckpt.state_dict)
-        p = ckpt.progress
-        state.update(offset=int(p["round"]), best=p["best"], history=p["history"], clients=p.get("clients", {}))
-        state["thresholds"] = list(ckpt.thresholds)
-        log.info("resuming the federated run after round %d of %d", p["round"], cfg.rounds)
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
 
-    def on_evaluate(records: list[RecordDict], weight_key: str) -> MetricRecord:
-        agg = nan_aware_average(records, weight_key)
-        pos, neg = _sum_histograms(records, len(labels))
-        state["pooled"] = (pos, neg)
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        messages = list(messages)
+        for m in messages:
+            self.sent[m.metadata.message_type] = self.sent.get(m.metadata.message_type, 0) + payload_bytes(m)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for r in replies:
+            if r.has_content():
+                self.received[r.metadata.message_type] = self.received.get(r.metadata.message_type, 0) + payload_bytes(r)
+        return replies
+
+    def take(self) -> tuple[int, int]:
+        """Train-message bytes (received from nodes, sent to nodes) since the last call."""
+        up, down = self.received.get(MessageType.TRAIN, 0), self.sent.get(MessageType.TRAIN, 0)
+        self.received[MessageType.TRAIN] = self.sent[MessageType.TRAIN] = 0
+        return up, down
+
+
+def payload_bytes(msg: Message) -> int:
+    """Bytes of a message's content: arrays at their dtype, config bytes/strings at their length,
+    numbers at 8 bytes. Flower's framing adds a little on top."""
+    if not msg.has_content():
+        return 0
+    n = 0
+    for rec in msg.content.array_records.values():
+        n += _array_bytes(rec)
+    for rec in list(msg.content.config_records.values()) + list(msg.content.metric_records.values()):
+        for v in rec.values():
+            items = v if isinstance(v, list) else [v]
+            n += sum(len(x) if isinstance(x, (bytes, str)) else 8 for x in items)
+    return n
+
+
+class RoundKeeper:
+    """The server's bookkeeping for one run, shared by the plain and the SecAgg+ paths: who took part,
+    bytes, pooled validation metrics, selection, ``best.pt``/``last.pt``, the final held-out scoring."""
+
+    def __init__(self, cfg: TrainConfig, opts: DeployOptions, grid: CountingGrid) -> None:
+        from resnet1d import create_model
+
+        self.cfg, self.opts, self.grid = cfg, opts, grid
+        self.out = opts.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.labels = list(label_names(cfg.labels))
+        self.kwargs = {"num_classes": len(self.labels), "in_leads": 12, **cfg.model_kwargs}
+        self.side = _ServerSide(
+            PreprocessConfig(), tuple(self.labels),
+            {
+                "seed": cfg.seed, "fractions": list(cfg.split_fractions),
+                "data": "federated deployment: each node splits its own records by patient with this seed",
+                "val_ids": [], "test_ids": [], "data_options": {"ptbxl_rate": cfg.ptbxl_rate},
+            },
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.model, **self.kwargs)
+        self.last_path = self.out / "last.pt"
+        self.offset = 0
+        self.best = {"score": -math.inf, "round": 0}
+        self.history: list[dict] = []
+        self.clients: dict = {}
+        self.strategy_state: dict = {}
+        self.round: dict = {}
+        self.t_round = time.time()
+        self.t0 = time.time()
+        if cfg.resume and self.last_path.exists():
+            ckpt = load_checkpoint(self.last_path)
+            check_resume_compatible(ckpt.config, cfg, self.last_path)
+            self.model.load_state_dict(ckpt.state_dict)
+            p = ckpt.progress
+            self.offset, self.best, self.history = int(p["round"]), p["best"], p["history"]
+            self.clients = p.get("clients", {})
+            self.strategy_state = p.get("strategy_state", {})
+            log.info("resuming the federated run after round %d of %d", self.offset, cfg.rounds)
+        self.common = {
+            "model": cfg.model, "model-kwargs": json.dumps(self.kwargs), "seed": cfg.seed, "round-offset": self.offset,
+            "device": "cpu", "labels": json.dumps(self.labels), "label-set": cfg.labels, "ptbxl-rate": cfg.ptbxl_rate,
+            "max-per-site": cfg.max_per_site,
+        }
+        self.train_config = {
+            **self.common, "lr": cfg.lr, "weight-decay": cfg.weight_decay, "batch-size": cfg.batch_size,
+            "local-epochs": cfg.local_epochs, "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+            "pos-weight-cap": cfg.pos_weight_cap, "augment": cfg.augment, "update-dtype": opts.update_dtype,
+        }
+
+    @property
+    def remaining(self) -> int:
+        return self.cfg.rounds - self.offset
+
+    def start_round(self) -> None:
+        self.t_round = time.time()
+
+    def end_train(self, server_round: int, nodes: list[str], failed: dict[str, str]) -> None:
+        rnd = self.offset + server_round
+        for name, why in failed.items():
+            log.warning("round %d: %s failed: %s", rnd, name, why)
+        self.round = {"round": rnd, "nodes": sorted(nodes), "failed": failed}
+
+    def end_evaluate(self, arrays: ArrayRecord, replies: list[Message], strategy=None) -> MetricRecord:
+        """Pooled validation metrics from the nodes' histograms; keep best.pt and last.pt."""
+        row = self.round
+        rnd = row["round"]
+        ok = [r for r in replies if not r.has_error()]
+        agg = nan_aware_average([r.content for r in ok], "num-examples")
+        self.clients = {
+            _node_name(r): {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in mr.items() if not isinstance(v, list)}
+            for r in ok for mr in r.content.metric_records.values()
+        }
+        pos, neg = _sum_histograms([r.content for r in ok], len(self.labels))
+        m, thresholds = pooled_from_histograms(pos, neg, self.labels, None)
+        val_loss = float(agg.get("val_loss", math.nan))
+        up, down = self.grid.take()
+        self.history.append({
+            "round": rnd, "train_loss": row.get("train_loss", math.nan), "val_loss": val_loss,
+            "val_macro_f1": m["macro"]["f1"], "val_macro_auroc": m["macro"]["auroc"],
+            "nodes": " ".join(row["nodes"]), "failed": " ".join(row["failed"]),
+            "failed_reasons": "; ".join(f"{k}: {v}" for k, v in row["failed"].items()),
+            "bytes_up": up, "bytes_down": down, "seconds": round(time.time() - self.t_round, 2),
+        })
+        log.info(
+            "round %d: %s took part%s; pooled val macro F1 %.3f, AUROC %.3f; %.2f MB up, %.2f MB down",
+            rnd, ", ".join(row["nodes"]), f" ({', '.join(row['failed'])} failed)" if row["failed"] else "",
+            m["macro"]["f1"], m["macro"]["auroc"], up / 1e6, down / 1e6,
+        )
+        load_arrays(self.model, arrays)
+        score = m["macro"]["auroc"] if math.isfinite(m["macro"]["auroc"]) else -val_loss
+        if score > self.best["score"] or self.best["round"] == 0:
+            self.best = {"score": score, "round": rnd}
+            save_checkpoint(self.out / "best.pt", self._checkpoint(thresholds, {"val": m}, {"round": rnd}))
+        if strategy is not None:
+            self.strategy_state = {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None}
+        progress = {
+            "round": rnd, "history": list(self.history), "best": self.best, "clients": self.clients,
+            "strategy_state": self.strategy_state, "selected_by": SELECT_KEY,
+        }
+        save_checkpoint(self.last_path, self._checkpoint(thresholds, {"val": m}, progress))
+        # A small file that says how far the run is (the rehearsal's fault injection and users watch it).
+        write_json(self.out / "history.partial.json", {"round": rnd, "history": self.history})
+        self.t_round = time.time()
         return agg
+
+    def _checkpoint(self, thresholds: list[float], metrics: dict, progress: dict):
+        return make_checkpoint(self.model, self.cfg, self.side, self.kwargs, thresholds, metrics, progress, [])
+
+    def evaluate_on_nodes(self, arrays: ArrayRecord, part: str, server_round: int, thresholds: list[float] | None = None) -> list[Message]:
+        """Send an evaluate message to every connected node; return the replies (failures logged)."""
+        config = {**self.common, "server-round": server_round, "part": part}
+        if thresholds is not None:
+            config["thresholds"] = json.dumps(thresholds)
+        messages = [
+            Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), dst_node_id=n, message_type=MessageType.EVALUATE)
+            for n in self.grid.get_node_ids()
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.opts.round_timeout))
+        for r in replies:
+            if r.has_error():
+                log.warning("%s scoring: a node failed: %s", part, r.error.reason)
+        return replies
+
+    def finish(self) -> dict:
+        """Score the best model on every connected node's held-out records; write the run folder."""
+        from resnet1d import create_model
+
+        best = load_checkpoint(self.out / "best.pt")
+        model = create_model(best.model_name, **best.model_kwargs)
+        model.load_state_dict(best.state_dict)
+        replies = self.evaluate_on_nodes(to_arrays(model), "test", self.cfg.rounds, best.thresholds)
+        ok = [r for r in replies if not r.has_error()]
+        per_node = {_node_name(r): {k: v for k, v in mr.items() if not isinstance(v, list)} for r in ok for mr in r.content.metric_records.values()}
+        pos, neg = _sum_histograms([r.content for r in ok], len(self.labels))
+        test, _ = pooled_from_histograms(pos, neg, self.labels, best.thresholds)
+        h = self.history
+        up = sum(int(x.get("bytes_up", 0)) for x in h)
+        down = sum(int(x.get("bytes_down", 0)) for x in h)
+        metrics = {
+            "mode": "federated-deployment",
+            "best_round": best.progress.get("round"),
+            "selected_by": "pooled validation macro AUROC (from the nodes' score histograms)",
+            "val": best.metrics["val"],
+            "test": test,
+            "test_per_node": per_node,
+            "rounds": [{k: x[k] for k in ("round", "nodes", "failed", "failed_reasons", "bytes_up", "bytes_down", "seconds") if k in x} for x in h],
+            "bytes": {
+                "up_total": up, "down_total": down, "up_per_round": up / max(len(h), 1),
+                "update_dtype": self.opts.update_dtype, "secagg": self.opts.secagg,
+                "counted": "payload of training messages (weights, or SecAgg+ keys, shares and masked vectors)",
+            },
+            "wall_seconds": round(time.time() - self.t0, 1),
+            "clients": self.clients,
+            "min_nodes": self.opts.min_nodes,
+        }
+        best.metrics = {"val": best.metrics["val"], "test": test}
+        save_checkpoint(self.out / "best.pt", best)
+        write_final(self.out, self.cfg, h, metrics, None, None, best.thresholds, self.labels, "round")
+        log.info(
+            "held-out records of %d node(s): pooled macro F1 %.3f, AUROC %.3f; %.2f MB sent by nodes in training messages",
+            len(ok), test["macro"]["f1"], test["macro"]["auroc"], up / 1e6,
+        )
+        return metrics
+
+
+def run_server(grid: Grid, cfg: TrainConfig, opts: DeployOptions, site_paths: list[str] | None = None) -> dict:
+    """Message-API strategy (FedAvg, FedProx, FedAdam, FedMedian...) rounds, then held-out scoring."""
+    from federated.simulation import build_strategy
+
+    grid = CountingGrid(grid)
+    keeper = RoundKeeper(cfg, opts, grid)
+    if site_paths is not None:
+        keeper.common["site-paths"] = keeper.train_config["site-paths"] = json.dumps(site_paths)
+    if opts.secagg:
+        from federated.secagg import run_secagg_rounds
+
+        run_secagg_rounds(grid, keeper)
+        return keeper.finish()
 
     def on_train(records: list[RecordDict], weight_key: str) -> MetricRecord:
         agg = nan_aware_average(records, weight_key)
-        state["round"]["train_loss"] = float(agg.get("train_loss", math.nan))
+        keeper.round["train_loss"] = float(agg.get("train_loss", math.nan))
         return agg
 
-    strategy = build_strategy(cfg.strategy, opts.min_nodes, cfg.proximal_mu, on_evaluate, on_train)
-    for k, v in (load_checkpoint(last_path).progress.get("strategy_state", {}) if cfg.resume and last_path.exists() else {}).items():
+    strategy = build_strategy(cfg.strategy, opts.min_nodes, cfg.proximal_mu, lambda r, k: nan_aware_average(r, k), on_train)
+    for k, v in keeper.strategy_state.items():
         setattr(strategy, k, v)
-    original_train, original_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+    original_configure, original_train = strategy.configure_train, strategy.aggregate_train
+    box: dict = {}
+
+    def configure_train(server_round, arrays, config, grid_):
+        keeper.start_round()
+        messages = list(original_configure(server_round, arrays, config, grid_))
+        box["sampled"] = [int(m.metadata.dst_node_id) for m in messages]
+        return messages
 
     def aggregate_train(server_round: int, replies):
         replies = list(replies)
         ok = [r for r in replies if not r.has_error()]
-        state["round"] = {
-            "round": state["offset"] + server_round,
-            "nodes": sorted(_node_name(r) for r in ok),
-            "failed": {_node_name(r): r.error.reason for r in replies if r.has_error()},
-            "bytes_up": sum(_array_bytes(r.content.array_records.get("arrays")) for r in ok),
-            "bytes_down": _array_bytes(state.get("sent")) * len(replies),
-            "t_start": state.get("t_round", time.time()),
-        }
-        for name, why in state["round"]["failed"].items():
-            log.warning("round %d: %s failed: %s", state["round"]["round"], name, why)
+        names = [_node_name(r) for r in ok]  # learn the names before naming failures
+        # An error reply comes from the SuperLink, not from the node: name the sampled nodes that did
+        # not answer, with the reasons the SuperLink gave.
+        answered = {int(r.metadata.src_node_id) for r in ok}
+        silent = sorted(_NAMES.get(n, f"node {n}") for n in box.get("sampled", []) if n not in answered)
+        reasons = [r.error.reason for r in replies if r.has_error()]
+        keeper.end_train(server_round, names, {n: (reasons[i] if i < len(reasons) else "no reply") for i, n in enumerate(silent)})
         arrays, metrics = original_train(server_round, replies)
         if arrays is None:
-            raise RuntimeError(f"round {state['round']['round']}: no node returned an update ({state['round']['failed']})")
-        state["arrays"] = arrays
+            raise RuntimeError(f"round {keeper.round['round']}: no node returned an update ({keeper.round['failed']})")
+        box["arrays"] = arrays
         return arrays, metrics
 
     def aggregate_evaluate(server_round: int, replies):
-        replies = list(replies)
-        result = original_evaluate(server_round, replies)
-        row = state["round"]
-        rnd = row["round"]
-        per_client = {}
-        for r in replies:
-            if r.has_error():
-                continue
-            for mr in r.content.metric_records.values():
-                per_client[_node_name(r)] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in mr.items() if not isinstance(v, list)}
-        state["clients"] = per_client
-        pos, neg = state.get("pooled", (np.zeros((len(labels), HIST_BINS)),) * 2)
-        m, thresholds = pooled_from_histograms(pos, neg, labels, None)
-        val_loss = float(result.get("val_loss", math.nan)) if result is not None else math.nan
-        history_row = {
-            "round": rnd, "train_loss": row.get("train_loss", math.nan), "val_loss": val_loss,
-            "val_macro_f1": m["macro"]["f1"], "val_macro_auroc": m["macro"]["auroc"],
-            "nodes": " ".join(row["nodes"]), "failed": " ".join(row["failed"]) or "",
-            "bytes_up": row["bytes_up"], "bytes_down": row["bytes_down"],
-            "seconds": round(time.time() - row["t_start"], 2),
-        }
-        state["history"].append(history_row)
-        state["t_round"] = time.time()
-        log.info(
-            "round %d: %s took part%s; pooled val macro F1 %.3f, AUROC %.3f; %.2f MB up, %.2f MB down",
-            rnd, ", ".join(row["nodes"]), f" ({', '.join(row['failed'])} failed)" if row["failed"] else "",
-            m["macro"]["f1"], m["macro"]["auroc"], row["bytes_up"] / 1e6, row["bytes_down"] / 1e6,
-        )
-        load_arrays(model, state["arrays"])
-        score = m["macro"]["auroc"] if math.isfinite(m["macro"]["auroc"]) else -val_loss
-        if score > state["best"]["score"] or state["best"]["round"] == 0:
-            state["best"] = {"score": score, "round": rnd}
-            state["thresholds"] = thresholds
-            save_checkpoint(out / "best.pt", make_checkpoint(model, cfg, side, kwargs, thresholds, {"val": m}, {"round": rnd}, []))
-        progress = {
-            "round": rnd, "history": list(state["history"]), "best": state["best"], "clients": per_client,
-            "strategy_state": {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None},
-            "selected_by": SELECT_KEY,
-        }
-        save_checkpoint(last_path, make_checkpoint(model, cfg, side, kwargs, thresholds, {"val": m}, progress, []))
-        # A small file that says how far the run is (the rehearsal's fault injection and users watch it).
-        write_json(out / "history.partial.json", {"round": rnd, "history": state["history"]})
-        return result
-
-    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
-    strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
-    original_configure = strategy.configure_train
-
-    def configure_train(server_round, arrays, config, grid_):
-        state["sent"] = arrays
-        state["t_round"] = time.time()
-        return original_configure(server_round, arrays, config, grid_)
+        return keeper.end_evaluate(box["arrays"], list(replies), strategy)
 
     strategy.configure_train = configure_train  # type: ignore[method-assign]
-
-    common = {
-        "model": cfg.model, "model-kwargs": json.dumps(kwargs), "seed": cfg.seed, "round-offset": state["offset"],
-        "device": "cpu", "labels": json.dumps(labels), "label-set": cfg.labels, "ptbxl-rate": cfg.ptbxl_rate,
-        "max-per-site": cfg.max_per_site,
-    }
-    if site_paths is not None:
-        common["site-paths"] = json.dumps(site_paths)
-    train_config = ConfigRecord({
-        **common, "lr": cfg.lr, "weight-decay": cfg.weight_decay, "batch-size": cfg.batch_size,
-        "local-epochs": cfg.local_epochs, "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
-        "pos-weight-cap": cfg.pos_weight_cap, "augment": cfg.augment, "update-dtype": opts.update_dtype,
-    })
-    remaining = cfg.rounds - state["offset"]
-    t0 = time.time()
-    if remaining > 0:
+    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+    strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
+    if keeper.remaining > 0:
         strategy.start(
-            grid=grid, initial_arrays=to_arrays(model), num_rounds=remaining, timeout=opts.round_timeout,
-            train_config=train_config, evaluate_config=ConfigRecord(common),
+            grid=grid, initial_arrays=to_arrays(keeper.model), num_rounds=keeper.remaining, timeout=opts.round_timeout,
+            train_config=ConfigRecord(keeper.train_config), evaluate_config=ConfigRecord(keeper.common),
         )
     else:
         log.info("all %d rounds already done", cfg.rounds)
-    return finish_deployment(grid, cfg, opts, state, common, labels, time.time() - t0)
-
-
-def finish_deployment(grid: Grid, cfg: TrainConfig, opts: DeployOptions, state: dict, common: dict, labels: list[str], seconds: float) -> dict:
-    """Score the best model on every connected node's held-out records; write the run folder."""
-    out = opts.out
-    best = load_checkpoint(out / "best.pt")
-    from resnet1d import create_model
-
-    model = create_model(best.model_name, **best.model_kwargs)
-    model.load_state_dict(best.state_dict)
-    config = ConfigRecord({**common, "server-round": cfg.rounds, "part": "test", "thresholds": json.dumps(best.thresholds)})
-    nodes = list(grid.get_node_ids())
-    messages = [
-        Message(content=RecordDict({"arrays": to_arrays(model), "config": config}), dst_node_id=n, message_type=MessageType.EVALUATE)
-        for n in nodes
-    ]
-    replies = list(grid.send_and_receive(messages, timeout=opts.round_timeout))
-    ok = [r for r in replies if not r.has_error()]
-    for r in replies:
-        if r.has_error():
-            log.warning("held-out scoring: %s failed: %s", _node_name(r), r.error.reason)
-    per_node = {}
-    for r in ok:
-        for mr in r.content.metric_records.values():
-            per_node[_node_name(r)] = {k: v for k, v in mr.items() if not isinstance(v, list)}
-    pos, neg = _sum_histograms([r.content for r in ok], len(labels))
-    test, _ = pooled_from_histograms(pos, neg, labels, best.thresholds)
-    history = state["history"]
-    bytes_up = sum(int(h.get("bytes_up", 0)) for h in history)
-    bytes_down = sum(int(h.get("bytes_down", 0)) for h in history)
-    metrics = {
-        "mode": "federated-deployment",
-        "best_round": best.progress.get("round"),
-        "selected_by": "pooled validation macro AUROC (from the nodes' score histograms)",
-        "val": best.metrics["val"],
-        "test": test,
-        "test_per_node": per_node,
-        "rounds": [{k: h[k] for k in ("round", "nodes", "failed", "bytes_up", "bytes_down", "seconds") if k in h} for h in history],
-        "bytes": {"up_total": bytes_up, "down_total": bytes_down, "per_round_up": bytes_up / max(len(history), 1), "update_dtype": opts.update_dtype},
-        "wall_seconds": round(seconds, 1),
-        "clients": state["clients"],
-        "min_nodes": opts.min_nodes,
-    }
-    best.metrics = {"val": best.metrics["val"], "test": test}
-    save_checkpoint(out / "best.pt", best)
-    write_final(out, cfg, history, metrics, None, None, best.thresholds, labels, "round")
-    log.info(
-        "held-out records of %d node(s): pooled macro F1 %.3f, AUROC %.3f; %.1f MB sent by nodes in total",
-        len(ok), test["macro"]["f1"], test["macro"]["auroc"], bytes_up / 1e6,
-    )
-    return metrics
+    return keeper.finish()
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flwr").propagate = False  # Flower prints its own log; don't print it twice
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     cfg, opts = config_from_run(dict(context.run_config))
-    if opts.secagg:
-        from federated.secagg import run_secagg_server
-
-        run_secagg_server(grid, context, cfg, opts)
-        return
     run_server(grid, cfg, opts)
 
 
-__all__ = ["server_app", "config_from_run", "pooled_from_histograms", "run_server", "write_json"]

@@ -38,8 +38,10 @@ from federated.data import DataError
 from federated.engine import pos_weight, predict_records, resolve_device, train_one_epoch
 from federated.metrics import multilabel_metrics
 from federated.plan import load_plan
+from federated.secagg import is_legacy_fit, legacy_train_reply, optional_secaggplus
 
-app = ClientApp()
+# SecAgg+ runs only for the messages of its protocol (see federated.secagg).
+app = ClientApp(mods=[optional_secaggplus])
 
 # BatchNorm's batch counter is an integer that averaging strategies would turn into a float; it is
 # not used when BatchNorm has a momentum, so it never travels.
@@ -138,14 +140,14 @@ def _node_record(node: NodeData) -> ConfigRecord:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    c = msg.content["config"]
-    if str(c.get("task", "six")) == "beats":  # heartbeats (MIT-BIH): federated.beats.flower
-        from federated.beats.flower import beats_train
-
-        return beats_train(msg, context)
+    legacy = is_legacy_fit(msg)  # the SecAgg+ workflow speaks Flower's legacy FitIns/FitRes
+    c = msg.content.config_records["fitins.config"] if legacy else msg.content["config"]
     node = node_data(context, c)
     if not node.train:
         raise DataError(f"node {node.name}: no training records after the patient split")
+    if legacy:
+        keys = [k for k in _model_from_config(c).state_dict() if not k.endswith(SKIP_KEYS)]
+        return legacy_train_reply(msg, node, train_local, keys)
     weights = train_local(node, c, msg.content["arrays"])
     metrics = MetricRecord({"train_loss": weights[1], "num-examples": len(node.train)})
     content = RecordDict({"arrays": weights[0], "metrics": metrics, "node": _node_record(node)})
