@@ -142,6 +142,10 @@ def _node_record(node: NodeData) -> ConfigRecord:
 def train(msg: Message, context: Context) -> Message:
     legacy = is_legacy_fit(msg)  # the SecAgg+ workflow speaks Flower's legacy FitIns/FitRes
     c = msg.content.config_records["fitins.config"] if legacy else msg.content["config"]
+    if str(c.get("task", "six")) == "beats":  # heartbeats (MIT-BIH): federated.beats.flower
+        from federated.beats.flower import beats_train
+
+        return beats_train(msg, context)
     node = node_data(context, c)
     if not node.train:
         raise DataError(f"node {node.name}: no training records after the patient split")
