@@ -68,10 +68,11 @@ import numpy as np
 from scipy import signal as sps
 
 from cpsc2018.features import detect_r_peaks
-from cpsc2018.preprocess import bandpass, repair_nan
+from cpsc2018.preprocess import bandpass, repair_nan, resample
 from cpsc2018.records import LEADS
 
 VERDICTS: tuple[str, ...] = ("good", "usable", "unusable")
+WORK_FS = 125.0  # Hz: the rate of every measure but clipping (resolves the 0-40 Hz band)
 VERDICT_TEXT = {"good": "good", "usable": "usable with warnings", "unusable": "unusable"}
 # Flags that make a lead unreadable (it is in ``bad_leads``); the others are warnings.
 BAD_FLAGS: tuple[str, ...] = ("missing", "flat", "clipped", "noise")
@@ -248,16 +249,21 @@ def assess(signal: np.ndarray, fs: float, thresholds: QualityThresholds | None =
     finite = np.isfinite(x)
     xr = repair_nan(x)
     xr = xr - np.median(xr, axis=1, keepdims=True)
-    y = bandpass(xr, fs, 0.5, 40.0, 2)  # what the model sees, in mV
-    seg = max(1, int(fs))  # 1 s segments for the flat check
-    n_seg = max(1, n // seg)
-    ptp_seg = np.ptp(y[:, : n_seg * seg].reshape(len(leads), n_seg, -1), axis=2) if n >= seg else np.ptp(y, axis=1)[:, None]
-    nper = int(min(n, 4 * fs))  # 4 s Welch segments: 0.25 Hz bins resolve the 0-1 Hz baseline band
-    f, psd = sps.welch(xr, fs=fs, nperseg=nper, axis=1)
+    # Everything but the clipping check (raw samples) is measured at WORK_FS: it resolves 0-40 Hz, and
+    # at 500 Hz the filters and spectra would cost more than the model itself.
+    fw = min(float(fs), WORK_FS)
+    xw = resample(xr, fs, fw) if fw < fs else xr
+    nw = xw.shape[1]
+    y = bandpass(xw, fw, 0.5, 40.0, 2)  # the band the model sees, in mV
+    seg = max(1, int(fw))  # 1 s segments for the flat check
+    n_seg = max(1, nw // seg)
+    ptp_seg = np.ptp(y[:, : n_seg * seg].reshape(len(leads), n_seg, -1), axis=2) if nw >= seg else np.ptp(y, axis=1)[:, None]
+    nper = int(min(nw, 4 * fw))  # 4 s Welch segments: 0.25 Hz bins resolve the 0-1 Hz baseline band
+    f, psd = sps.welch(xw, fs=fw, nperseg=nper, axis=1)
     peaks = detect_r_peaks(x, fs)
     n_beats = int(len(peaks))
-    inner = _inner_beats(peaks, fs, n)
-    visible = _visible_beats(y, inner, fs, th.visible_ratio) if len(inner) else np.full(len(leads), np.nan)
+    inner = _inner_beats(np.unique(np.round(peaks * fw / fs).astype(int)), fw, nw)
+    visible = _visible_beats(y, inner, fw, th.visible_ratio) if len(inner) else np.full(len(leads), np.nan)
     for k, q in enumerate(out):
         m = q.measures
         m["missing_fraction"] = float(1.0 - finite[k].mean())
@@ -295,7 +301,7 @@ def assess(signal: np.ndarray, fs: float, thresholds: QualityThresholds | None =
         reasons.append(f"{n_beats} beat(s) detected in {duration:.1f} s (at least {need} needed)")
     if "I" in leads and "aVR" in leads and len(inner) >= th.min_beats:
         i, r = leads.index("I"), leads.index("aVR")
-        qrs, pw = _median_deflections(y, inner, fs)
+        qrs, pw = _median_deflections(y, inner, fw)
         for k in (i, r):
             out[k].measures.update(qrs_net_mv=float(qrs[k]), p_net_mv=float(pw[k]))
         if not (out[i].bad or out[r].bad) and qrs[i] < 0 and qrs[r] > 0 and pw[i] < 0:

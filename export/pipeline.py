@@ -13,7 +13,13 @@ fine when the metadata says how they combine; the app runs ONNX + this repositor
   skl2onnx and merged into one graph: input ``features`` float32 [batch, n_features] (NaN where a
   feature was not measurable: the trees keep their learned NaN branch), output ``probabilities``
   float32 [batch, n_classes];
-* fusion: ``p = w * p_network + (1 - w) * p_features`` with per-class thresholds of their own.
+* fusion: ``p = w * p_network + (1 - w) * p_features`` with per-class thresholds of their own;
+* calibration (issue 20): per class a monotone map of the fused probability (Platt scaling, or
+  isotonic where there is enough data: :mod:`export.calibration`), fitted on the VALIDATION records'
+  fused probabilities and stored in the network file's metadata key ``calibration``; the app reports
+  calibrated probabilities and decides as before (uncalibrated probability against the thresholds).
+  The report gives the expected calibration error before and after (validation: where it was fitted;
+  test: held out) and ``reliability.png``.
 
 What is chosen on which records: the feature model is fitted on the checkpoint's TRAINING records
 (every 12-lead record under ``--data`` outside its validation and test ids); its hyper-parameters per
@@ -60,6 +66,7 @@ from federated.baseline import candidates, feature_matrix, fit_predict
 from federated.checkpoint import CheckpointError, load_checkpoint
 from federated.metrics import multilabel_metrics, tune_thresholds
 from federated.outputs import json_safe
+from export.calibration import CALIBRATION_KEY, Calibration, ece_table, fit_calibration, plot_reliability
 from mobile_app.inference import (
     FEATURE_MODEL_INPUT, FEATURE_MODEL_MARKER, FEATURE_MODEL_OUTPUT, PIPELINE_KEY, Classifier, ClassifyError,
     PipelineSpec, fuse,
@@ -74,7 +81,8 @@ FEATURE_FILE = "features.onnx"
 NETWORK_FILE = "model.int8.onnx"
 # scores.npz: every scored record's key, targets and the network, feature-model and fused probabilities
 # (validation and test), as the app computed them; for error analysis and cross-validation tables.
-OUTPUTS = (NETWORK_FILE, FEATURE_FILE, "report.json", "report.md", "scores.npz")
+OUTPUTS = (NETWORK_FILE, FEATURE_FILE, "report.json", "report.md", "scores.npz", "reliability.png")
+CALIBRATION_CHOICES: tuple[str, ...] = ("auto", "platt", "temperature", "isotonic", "none")
 WEIGHT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))  # network weight w
 OPSET = 17  # the network's opset (python -m export)
 ML_OPSET = 3  # ai.onnx.ml 3 (TreeEnsembleClassifier with NaN-aware branches): onnxruntime >= 1.10
@@ -273,14 +281,19 @@ def feature_model_to_onnx(
     return out
 
 
-def write_pipeline(network: Path | str, feature_model: onnx.ModelProto, spec: PipelineSpec, folder: Path | str) -> Path:
+def write_pipeline(network: Path | str, feature_model: onnx.ModelProto, spec: PipelineSpec, folder: Path | str,
+                   calibration: Calibration | None = None) -> Path:
     """Write ``folder/model.int8.onnx`` (a copy of ``network`` with the ``pipeline`` metadata key set to
-    ``spec``) and ``folder/<spec.feature_model>``; returns the network copy's path."""
+    ``spec``, and ``calibration`` under its key when given) and ``folder/<spec.feature_model>``; returns the
+    network copy's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     net = onnx.load(str(network))
     props = {p.key: p.value for p in net.metadata_props}
     props[PIPELINE_KEY] = spec.to_json()
+    props.pop(CALIBRATION_KEY, None)
+    if calibration is not None:
+        props[CALIBRATION_KEY] = calibration.to_json()
     del net.metadata_props[:]
     helper.set_model_props(net, props)
     onnx.save(net, str(folder / NETWORK_FILE))
@@ -364,13 +377,14 @@ class _Scored:
     y: np.ndarray
     network: np.ndarray
     features: np.ndarray
-    final: np.ndarray
+    final: np.ndarray  # what the app reports (calibrated where the file carries a calibration)
     skipped: list[dict]
+    raw: np.ndarray  # the fused probabilities before calibration (what the decisions compare)
 
 
 def _score(clf: Classifier, entries: Sequence[Entry], label_set: str, n_classes: int) -> _Scored:
     """Every record through the app's ``Classifier.predict`` (records it refuses are listed, not scored)."""
-    keys, ys, pn, pf, pp, skipped = [], [], [], [], [], []
+    keys, ys, pn, pf, pp, pr, skipped = [], [], [], [], [], [], []
     for e in entries:
         try:
             rec = load(e)
@@ -383,9 +397,10 @@ def _score(clf: Classifier, entries: Sequence[Entry], label_set: str, n_classes:
         pn.append(pred.network)
         pf.append(pred.features)
         pp.append(pred.probabilities)
+        pr.append(pred.uncalibrated if pred.uncalibrated is not None else pred.probabilities)
     shape = (0, n_classes)
     arr = lambda v: np.array(v, dtype=np.float64) if v else np.zeros(shape)  # noqa: E731
-    return _Scored(keys, np.array(ys, dtype=int).reshape(-1, n_classes), arr(pn), arr(pf), arr(pp), skipped)
+    return _Scored(keys, np.array(ys, dtype=int).reshape(-1, n_classes), arr(pn), arr(pf), arr(pp), skipped, arr(pr))
 
 
 def _latency(clf: Classifier, entries: Sequence[Entry], n: int) -> dict:
@@ -428,10 +443,13 @@ def _metrics(y: np.ndarray, p: np.ndarray, labels: list[str], thresholds: Sequen
 
 def run_pipeline(
     checkpoint: Path, network: Path, data: Path, out: Path, *, cache_dir: Path | None = None, workers: int = 1,
-    latency_records: int = 20, max_size_mb: float = MAX_SIZE_MB, weight_rule: str | None = None, log=print,
+    latency_records: int = 20, max_size_mb: float = MAX_SIZE_MB, weight_rule: str | None = None,
+    calibration: str = "auto", log=print,
 ) -> dict:
     """Build, score and write the pipeline (module docstring); returns the report dict."""
     weight_rule = weight_rule or DEFAULT_WEIGHT_RULE
+    if calibration not in CALIBRATION_CHOICES:
+        raise PipelineError(f"calibration must be one of {CALIBRATION_CHOICES}, got {calibration!r}")
     ckpt = load_checkpoint(checkpoint)
     labels, label_set = list(ckpt.labels), ckpt.label_set
     try:
@@ -492,9 +510,16 @@ def run_pipeline(
         feat_thr = tune_thresholds(first_val.y, first_val.features)
         grid = {f"{g:.1f}": macro_auroc(first_val.y, fuse(first_val.network, first_val.features, g)) for g in WEIGHT_GRID}
         log(f"      network weight w = {w:g} (rule {weight_rule}; validation macro AUROC {grid[f'{w:.1f}']:.4f})")
+        # Calibration of the fused probability, per class, on the validation records (pass 1's parts
+        # fused with the final w are exactly what the app computes there before calibration).
+        cal = None
+        if calibration != "none":
+            cal = fit_calibration(fuse(first_val.network, first_val.features, w), first_val.y, labels, calibration)
+            log(f"      calibration on {len(first_val.keys)} validation records: "
+                + ", ".join(f"{n} {c.method}" for n, c in zip(labels, cal.classes)))
         # Pass 2: the final files, as the app will run them; every reported figure comes from here.
         spec = PipelineSpec(FEATURE_FILE, "numpy", list(EXPERT_NAMES), w, fused_thr)
-        write_pipeline(network, feat_onnx, spec, tmp)
+        write_pipeline(network, feat_onnx, spec, tmp, cal)
         clf = Classifier(tmp / NETWORK_FILE)
         scored = {"validation": _score(clf, val, label_set, len(labels)), "test": _score(clf, test, label_set, len(labels))}
         # Checks: the app's feature model equals scikit-learn's on the cached rows; the app fused as specified.
@@ -503,17 +528,27 @@ def run_pipeline(
         app_feat = np.vstack([s.features for s in scored.values()])
         sk_feat = fm.predict_proba(x[rows]) if rows else app_feat
         parity = float(np.max(np.abs(app_feat - sk_feat))) if rows else 0.0
-        fusion_err = max(float(np.max(np.abs(s.final - fuse(s.network, s.features, w)), initial=0.0)) for s in scored.values())
+        fusion_err = max(float(np.max(np.abs(s.raw - fuse(s.network, s.features, w)), initial=0.0)) for s in scored.values())
         if fusion_err > 1e-6:
             raise PipelineError(f"the app's fused probabilities differ from w*p_net+(1-w)*p_feat by {fusion_err:.2e}")
+        cal_err = max(float(np.max(np.abs(s.final - (cal.apply(s.raw) if cal else s.raw)), initial=0.0)) for s in scored.values())
+        if cal_err > 1e-6:
+            raise PipelineError(f"the app's calibrated probabilities differ from the fitted calibration by {cal_err:.2e}")
         results: dict = {}
         for part, s in scored.items():
             results[part] = {
                 "records": len(s.keys), "skipped": s.skipped,
                 "network": _metrics(s.y, s.network, labels, net_meta.thresholds),
                 "features": _metrics(s.y, s.features, labels, feat_thr),
-                "pipeline": _metrics(s.y, s.final, labels, fused_thr),
+                # decisions and ranking: the uncalibrated fused probability against the tuned thresholds
+                "pipeline": _metrics(s.y, s.raw, labels, fused_thr),
+                "ece": ece_table(s.raw, s.final, s.y, labels) if len(s.keys) else None,
             }
+        if len(scored["test"].keys) or len(scored["validation"].keys):
+            part = "test" if len(scored["test"].keys) else "validation"
+            s = scored[part]
+            plot_reliability(s.raw, s.final, s.y, labels, tmp / "reliability.png",
+                             f"Shipped pipeline, {part} records ({len(s.keys)}): before vs after calibration (fitted on validation)")
         log(f"[4/5] latency at 1 thread, {latency_records} records of 10 s")
         lat = _latency(clf, test + val, latency_records)
         sizes = {name: (tmp / name).stat().st_size / 1e6 for name in (NETWORK_FILE, FEATURE_FILE)}
@@ -524,6 +559,8 @@ def run_pipeline(
             "checkpoint": str(checkpoint), "network": str(network), "data": str(data), "labels": labels,
             "pipeline": json.loads(spec.to_json()),
             "weight_rule": weight_rule,
+            "calibration": {"rule": calibration, "fitted_on": "validation",
+                            "classes": None if cal is None else dict(zip(labels, [c.to_dict() for c in cal.classes]))},
             "decided_on": "validation",
             "records": {"train": n_tr, "validation": len(scored["validation"].keys), "test": len(scored["test"].keys)},
             "feature_model": {"chosen": dict(zip(labels, fm.chosen)), "notes": fm.notes, "features": len(EXPERT_NAMES),
@@ -538,14 +575,15 @@ def run_pipeline(
         }
         arrays = {f"{part}_{name}": np.asarray(getattr(sc, attr)) for part, sc in scored.items()
                   for name, attr in (("keys", "keys"), ("targets", "y"), ("network", "network"),
-                                     ("features", "features"), ("pipeline", "final"))}
+                                     ("features", "features"), ("pipeline", "raw"), ("calibrated", "final"))}
         np.savez(tmp / "scores.npz", **arrays)
         (tmp / "report.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))
         log(f"[5/5] writing {out}")
         if out.exists():
             for name in OUTPUTS:  # each replace is atomic; the folder may hold other files
-                os.replace(tmp / name, out / name)
+                if (tmp / name).exists():
+                    os.replace(tmp / name, out / name)
         else:
             os.rename(tmp, out)
         return report
@@ -583,6 +621,22 @@ def markdown(r: dict) -> str:
         for name in r["labels"]:
             cells = [f"{_f(res[k]['per_class'][name]['f1'])} / {_f(res[k]['per_class'][name]['auroc'])}" for k in ("network", "features", "pipeline")]
             lines.append(f"| {name} | {res['pipeline']['per_class'][name]['positives']} | " + " | ".join(cells) + " |")
+    cal = r.get("calibration") or {}
+    if cal.get("classes"):
+        lines += ["", f"Calibration (per class, fitted on the validation records; rule {cal['rule']}): "
+                  + "; ".join(f"{k} {v['method']}" + (f" a={v['a']:.3f} b={v['b']:.3f}" if 'a' in v else "") for k, v in cal["classes"].items()),
+                  "Expected calibration error (10 equal-width bins) of the reported probability, before / after; "
+                  "decisions are unchanged (monotone maps). Validation is where the maps were fitted (optimistic); "
+                  "test is held out. Cross-validated figures: `benchmarks/results/calibration.md`.", "",
+                  "| class | validation n+ | validation ECE before / after | test n+ | test ECE before / after |", "|---|---|---|---|---|"]
+        ev, et = r["results"]["validation"].get("ece") or {}, r["results"]["test"].get("ece") or {}
+        for name in r["labels"]:
+            a, b = ev.get(name), et.get(name)
+            ca = f"{a['positives']} | {a['before']:.4f} / {a['after']:.4f}" if a else "n/a | n/a"
+            cb = f"{b['positives']} | {b['before']:.4f} / {b['after']:.4f}" if b else "n/a | n/a"
+            lines.append(f"| {name} | {ca} | {cb} |")
+        lines.append("")
+        lines.append("Reliability diagram: `reliability.png` (test records, or validation without test records).")
     lines += [
         "", f"Validation macro AUROC by network weight: "
         + ", ".join(f"{k}: {_f(v)}" for k, v in r["weight_grid_validation_macro_auroc"].items()),
@@ -625,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size-mb", type=float, default=MAX_SIZE_MB, help="fail when the two files take more")
     p.add_argument("--weight-rule", choices=WEIGHT_RULES, default=DEFAULT_WEIGHT_RULE,
                    help="how the network weight is chosen on validation records (see choose_weight)")
+    p.add_argument("--calibration", choices=CALIBRATION_CHOICES, default="auto",
+                   help="per-class calibration fitted on validation records (export.calibration; none: no calibration)")
     args = p.parse_args(argv)
     if args.workers < 1 or args.latency_records < 1:
         print("error: --workers and --latency-records must be at least 1", file=sys.stderr)
@@ -633,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_pipeline(
             args.checkpoint, args.network, args.data, args.out, cache_dir=args.cache_dir, workers=args.workers,
             latency_records=args.latency_records, max_size_mb=args.max_size_mb, weight_rule=args.weight_rule,
+            calibration=args.calibration,
         )
     except (PipelineError, CheckpointError, ValueError, FileNotFoundError, ClassifyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,6 +11,17 @@ sibling ONNX file (input ``features`` float32 [batch, n_features], output ``prob
 [batch, n_classes]), computes :func:`cpsc2018.features.expert_features` (numpy engine) on the record as
 read (mV, the record's own sampling rate), and returns ``w * p_network + (1 - w) * p_features`` with
 the pipeline's own thresholds. Without that key the app runs the network alone, as before.
+
+Calibration (issue 20): when the network's metadata has a ``calibration`` key
+(:class:`export.calibration.Calibration`), the probabilities reported are passed through its per-class
+monotone maps (fitted on validation records at export). Decisions stay those of the uncalibrated
+probability against the tuned thresholds; the thresholds reported are mapped through the same
+functions, so that a bar and its tick stay comparable.
+
+Signal quality (issue 20): :meth:`Classifier.classify` runs :func:`cpsc2018.quality.assess` on the
+record as read; the :class:`Result` carries the verdict, and ``withheld`` is true for an unusable
+recording (the app then shows why instead of probabilities; the probabilities are still computed, for
+the JSON and research tables that ask for them).
 """
 
 from __future__ import annotations
@@ -26,9 +37,11 @@ from typing import Protocol
 import numpy as np
 
 from cpsc2018.features import EXPERT_NAMES, expert_features
+from cpsc2018.quality import Quality, assess
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, notch, preprocess, resample, windows
 from cpsc2018.readers import read_any
-from cpsc2018.records import LEADS, RecordError
+from cpsc2018.records import LEADS, Record, RecordError
+from export.calibration import CALIBRATION_KEY, Calibration
 from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME, MetadataError, ModelMeta
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "model.int8.onnx"
@@ -217,15 +230,26 @@ class Prediction:
 
     ``inference_ms`` is the model work: the network run, plus (pipeline) computing the features, the
     feature model's run and the fusion; reading and preprocessing are in ``timings_ms`` only.
+    ``probabilities`` and ``thresholds`` are calibrated where the model carries a calibration;
+    ``uncalibrated`` and ``decision_thresholds`` are what the decisions compare (``positive``).
     """
 
-    probabilities: np.ndarray  # (n_classes,): the fused ones for a pipeline, else the network's
-    thresholds: list[float]
+    probabilities: np.ndarray  # (n_classes,): the fused ones for a pipeline, else the network's (calibrated)
+    thresholds: list[float]  # the decision thresholds as shown beside the probabilities (calibrated)
     network: np.ndarray  # (n_classes,) the network's record probabilities (max over windows)
     features: np.ndarray | None  # (n_classes,) the feature model's, None without a pipeline
     parts: tuple[str, ...]  # ("network",) or ("network", "features")
     network_weight: float | None  # w of the fusion, None without a pipeline
     timings_ms: dict[str, float]
+    uncalibrated: np.ndarray | None = None  # before calibration (None: same as probabilities)
+    decision_thresholds: list[float] | None = None  # thresholds on ``uncalibrated`` (None: ``thresholds``)
+
+    @property
+    def positive(self) -> np.ndarray:
+        """Per class: the decision (uncalibrated probability >= its tuned threshold)."""
+        p = self.probabilities if self.uncalibrated is None else self.uncalibrated
+        t = self.thresholds if self.decision_thresholds is None else self.decision_thresholds
+        return np.asarray(p) >= np.asarray(t)
 
     @property
     def inference_ms(self) -> float:
@@ -250,6 +274,15 @@ class Result:
     network_probabilities: list[float] = field(default_factory=list)
     feature_probabilities: list[float] | None = None  # the feature model's, pipeline only
     network_weight: float | None = None  # pipeline only
+    quality: Quality | None = None  # the signal quality check (None when not run)
+    calibrated: bool = False  # probabilities and thresholds went through the model's calibration
+    uncalibrated_probabilities: list[float] = field(default_factory=list)
+    source_path: str = ""  # the file read
+
+    @property
+    def withheld(self) -> bool:
+        """An unusable recording: show why, not probabilities."""
+        return self.quality is not None and not self.quality.usable
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -268,15 +301,22 @@ class Result:
             "parts": self.parts, "network_probabilities": [round(p, 6) for p in self.network_probabilities],
             "feature_probabilities": None if self.feature_probabilities is None else [round(p, 6) for p in self.feature_probabilities],
             "network_weight": self.network_weight,
+            "calibrated": self.calibrated,
+            "uncalibrated_probabilities": [round(p, 6) for p in self.uncalibrated_probabilities],
+            "quality": None if self.quality is None else self.quality.to_json(),
+            "withheld": self.withheld,
         }
 
 
 class Classifier:
     """The model and what its metadata says; ``classify(path)`` does the rest."""
 
-    def __init__(self, model_path: Path | str = DEFAULT_MODEL, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, model_path: Path | str = DEFAULT_MODEL, environ: dict[str, str] | None = None,
+                 backend: Backend | None = None) -> None:
+        """``backend``: a ready backend for ``model_path`` (e.g. a desktop checkpoint's, see
+        ``mobile_app.classify``); by default the ONNX runtime of this platform."""
         self.path = Path(model_path)
-        self.backend = make_backend(self.path, environ)
+        self.backend = backend if backend is not None else make_backend(self.path, environ)
         props = self.backend.metadata()
         try:
             self.meta = ModelMeta.from_props(props, source=str(self.path))
@@ -288,6 +328,15 @@ class Classifier:
         self.feature_path: Path | None = None
         if PIPELINE_KEY in props:
             self._load_pipeline(props[PIPELINE_KEY], environ)
+        self.calibration: Calibration | None = None
+        if CALIBRATION_KEY in props:
+            try:
+                cal = Calibration.from_json(props[CALIBRATION_KEY], source=str(self.path))
+            except MetadataError as exc:
+                raise ClassifyError(str(exc)) from None
+            if cal.labels != list(self.meta.labels):
+                raise ClassifyError(f"{self.path}: calibration labels {cal.labels} differ from the model's {self.meta.labels}")
+            self.calibration = cal
 
     def _load_pipeline(self, text: str, environ: dict[str, str] | None) -> None:
         """Check the pipeline metadata and load its feature model; every problem is a ClassifyError naming the file."""
@@ -338,9 +387,19 @@ class Classifier:
         return ("network",) if self.pipeline is None else ("network", "features")
 
     @property
-    def thresholds(self) -> list[float]:
-        """The decision thresholds of what the app reports (the pipeline's for a fused model)."""
+    def decision_thresholds(self) -> list[float]:
+        """The tuned decision thresholds on the uncalibrated probabilities (the pipeline's for a fused model)."""
         return list(self.meta.thresholds if self.pipeline is None else self.pipeline.thresholds)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The decision thresholds as reported beside the probabilities (through the calibration, if any)."""
+        t = self.decision_thresholds
+        return t if self.calibration is None else [float(v) for v in self.calibration.apply(np.array(t))]
+
+    def finalize(self, p: np.ndarray) -> np.ndarray:
+        """What the app reports from the (fused) probabilities ``p``: calibrated where the model says how."""
+        return np.asarray(p, dtype=np.float64) if self.calibration is None else self.calibration.apply(p)
 
     @property
     def description(self) -> str:
@@ -349,6 +408,8 @@ class Classifier:
         text = f"{self.meta.model_name} · {kind}"
         if self.pipeline is not None:
             text += f" + feature model (w {self.pipeline.network_weight:g})"
+        if self.calibration is not None:
+            text += " · calibrated"
         return text
 
     def feature_row(self, signal: np.ndarray, fs: float) -> np.ndarray:
@@ -359,31 +420,43 @@ class Classifier:
         f = expert_features(signal, fs, engine=self.pipeline.feature_engine)
         return np.array([[f.get(n, math.nan) for n in self.pipeline.feature_names]], dtype=np.float32)
 
-    def predict(self, signal: np.ndarray, fs: float) -> Prediction:
-        """Record probabilities of a 12-lead record ``(12, T)`` in mV at ``fs`` Hz, as the app computes them.
-
-        The network's are the max over windows (as in training evaluation); for a pipeline the feature
-        model runs on :func:`expert_features` of the same record and the two are fused (:func:`fuse`).
-        """
-        t0 = time.perf_counter()
+    def model_windows(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        """The network's input of a record: preprocessed, evenly spaced windows ``(n, 12, samples)``."""
         try:
             x = preprocess(signal, fs, self.pre)
         except ValueError as exc:  # SignalTooShort and friends
             raise ClassifyError(str(exc)) from None
-        w = windows(x, self.pre, max_windows=EVAL_MAX_WINDOWS)
-        feed = {INPUT_NAME: w}
+        return windows(x, self.pre, max_windows=EVAL_MAX_WINDOWS)
+
+    def window_probabilities(self, w: np.ndarray) -> np.ndarray:
+        """The network's per-window probabilities ``(n, n_classes)`` of model windows ``w`` (hand
+        features, for a hybrid network, computed from each window as given)."""
+        feed = {INPUT_NAME: np.ascontiguousarray(w, dtype=np.float32)}
         if self.meta.features:
             from cpsc2018.features import window_features
 
             feed[FEATURES_INPUT_NAME] = np.stack([window_features(v, self.pre.fs) for v in w]).astype(np.float32)
+        out = np.asarray(self.backend.run(feed))
+        return out if self.meta.output == "probabilities" else 1 / (1 + np.exp(-out))
+
+    def predict(self, signal: np.ndarray, fs: float) -> Prediction:
+        """Record probabilities of a 12-lead record ``(12, T)`` in mV at ``fs`` Hz, as the app computes them.
+
+        The network's are the max over windows (as in training evaluation); for a pipeline the feature
+        model runs on :func:`expert_features` of the same record and the two are fused (:func:`fuse`);
+        the model's calibration, if any, is applied last (:meth:`finalize`).
+        """
+        t0 = time.perf_counter()
+        w = self.model_windows(signal, fs)
         t1 = time.perf_counter()
-        out = self.backend.run(feed)
+        probs = self.window_probabilities(w)
         t2 = time.perf_counter()
-        probs = out if self.meta.output == "probabilities" else 1 / (1 + np.exp(-out))
         p_net = probs.max(axis=0)
         timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3}
         if self.pipeline is None or self.feature_backend is None:
-            return Prediction(p_net, self.thresholds, p_net, None, self.parts, None, timings)
+            final = self.finalize(p_net)
+            timings["calibration"] = (time.perf_counter() - t2) * 1e3
+            return Prediction(final, self.thresholds, p_net, None, self.parts, None, timings, p_net, self.decision_thresholds)
         row = self.feature_row(signal, fs)
         t3 = time.perf_counter()
         p_feat = np.asarray(self.feature_backend.run({FEATURE_MODEL_INPUT: row}))[0]
@@ -391,36 +464,48 @@ class Classifier:
         if p_feat.shape != p_net.shape:
             raise ClassifyError(f"{self.feature_path}: feature model gave {p_feat.shape[0]} probabilities for {p_net.shape[0]} labels")
         fused = fuse(p_net, p_feat, self.pipeline.network_weight)
+        final = self.finalize(fused)
         t5 = time.perf_counter()
         timings.update(features=(t3 - t2) * 1e3, feature_model=(t4 - t3) * 1e3, fusion=(t5 - t4) * 1e3)
-        return Prediction(fused, self.thresholds, p_net, p_feat, self.parts, self.pipeline.network_weight, timings)
+        return Prediction(final, self.thresholds, p_net, p_feat, self.parts, self.pipeline.network_weight, timings,
+                          fused, self.decision_thresholds)
 
     def probabilities(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
         """Record probabilities (fused for a pipeline) and inference time in ms (see :class:`Prediction`)."""
         p = self.predict(signal, fs)
         return p.probabilities, p.inference_ms
 
-    def classify(self, record_path: Path | str) -> Result:
+    def classify(self, record_path: Path | str, *, display: bool = True, quality: bool = True) -> Result:
+        """Read, check, classify one file. ``display=False`` skips the screen's copy of the signal (tables);
+        ``quality=False`` skips the signal-quality check."""
         try:
             rec = read_any(record_path)
         except RecordError as exc:
             raise ClassifyError(f"cannot read {Path(exc.path).name}: {exc.problem}") from None
+        return self.classify_record(rec, display=display, quality=quality)
+
+    def classify_record(self, rec: Record, *, display: bool = True, quality: bool = True) -> Result:
+        """:meth:`classify` of a record already read."""
         if rec.signal.shape[0] != 12 or tuple(rec.leads) != LEADS:
             raise ClassifyError(
-                f"{Path(record_path).name} has {rec.signal.shape[0]} lead(s) ({', '.join(rec.leads)}); "
+                f"{Path(rec.path).name} has {rec.signal.shape[0]} lead(s) ({', '.join(rec.leads)}); "
                 "the model needs the 12 standard leads"
             )
+        q = assess(rec.signal, rec.fs) if quality else None
         pred = self.predict(rec.signal, rec.fs)
         labels = list(self.meta.labels)
-        positives = [n for n, p, t in zip(labels, pred.probabilities, pred.thresholds) if p >= t]
+        positives = [n for n, pos in zip(labels, pred.positive) if pos]
         return Result(
             record=rec.record_id, site=rec.site, fs=rec.fs, duration_s=rec.duration_s, labels=labels,
             probabilities=[float(p) for p in pred.probabilities], thresholds=list(pred.thresholds), positives=positives,
-            inference_ms=pred.inference_ms, model=self.description, display=display_signal(rec.signal, rec.fs, self.pre),
+            inference_ms=pred.inference_ms, model=self.description,
+            display=display_signal(rec.signal, rec.fs, self.pre) if display else np.zeros((12, 0), dtype=np.float32),
             reference=[n for n in labels if n in rec.classes], parts=list(pred.parts),
             network_probabilities=[float(p) for p in pred.network],
             feature_probabilities=None if pred.features is None else [float(p) for p in pred.features],
-            network_weight=pred.network_weight,
+            network_weight=pred.network_weight, quality=q, calibrated=self.calibration is not None,
+            uncalibrated_probabilities=[float(p) for p in (pred.uncalibrated if pred.uncalibrated is not None else pred.probabilities)],
+            source_path=str(rec.path),
         )
 
 

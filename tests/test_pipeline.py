@@ -244,7 +244,7 @@ def test_cli_writes_pipeline_through_the_app(network, pipe_data, cache, tmp_path
     assert main([*args, "--out", str(network.onnx.parent)]) == 2  # would overwrite the export
     assert "network's folder" in capsys.readouterr().err
     assert main([*args, "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([NETWORK_FILE, FEATURE_FILE, "report.json", "report.md", "scores.npz"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([NETWORK_FILE, FEATURE_FILE, "report.json", "report.md", "scores.npz", "reliability.png"])
     scores = np.load(out / "scores.npz")
     assert scores["test_pipeline"].shape == scores["test_targets"].shape == (len(scores["test_keys"]), 6)
     report = json.loads((out / "report.json").read_text())
