@@ -636,7 +636,8 @@ def markdown(r: dict) -> str:
             cb = f"{b['positives']} | {b['before']:.4f} / {b['after']:.4f}" if b else "n/a | n/a"
             lines.append(f"| {name} | {ca} | {cb} |")
         lines.append("")
-        lines.append("Reliability diagram: `reliability.png` (test records, or validation without test records).")
+        lines.append("Reliability diagram: `reliability.png` in the pipeline's output folder (test records, or validation "
+                     "without test records); for the shipped model, `benchmarks/results/calibration_ship.png`.")
     lines += [
         "", f"Validation macro AUROC by network weight: "
         + ", ".join(f"{k}: {_f(v)}" for k, v in r["weight_grid_validation_macro_auroc"].items()),

@@ -244,7 +244,7 @@ def _print_one(clf: Classifier, r: Result, explain: bool, record: Path) -> None:
         w = r.network_weight if r.network_weight is not None else float("nan")
         print(f"Parts run: {' + '.join(r.parts)} (fused = {w:g} x network + {1 - w:g} x features"
               + (", then calibrated" if r.calibrated else "") + ")")
-        print(f"  {'label':<6} {'fused':>6}  {'network':>7}  {'features':>8}")
+        print(f"  {'label':<6} {'calib.' if r.calibrated else 'fused':>6}  {'network':>7}  {'features':>8}")
         for name, prob, pn, pf, thr in zip(r.labels, r.probabilities, r.network_probabilities, r.feature_probabilities, r.thresholds):
             mark = "POSITIVE" if name in r.positives else ""
             print(f"  {name:<6} {prob:6.3f}  {pn:7.3f}  {pf:8.3f}  (threshold {thr:.3f}) {mark}")
