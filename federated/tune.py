@@ -75,21 +75,28 @@ class StudyAbort(Exception):
     """Stops the whole search (bad data folder...), not just one trial; deliberately not a ValueError."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown in --help, except "None" (those flags say in words what they default to)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None or action.required else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m federated.tune",
         description="Hyperparameter search (Optuna, TPE) over the training command's settings. Other flags "
         "(e.g. after --) are training flags that hold for every trial: python -m federated.train --help.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("--study", required=True, help="study name (in the storage) and folder name")
     p.add_argument("--trials", type=int, required=True, help="total trials the study should reach (a resumed study counts its earlier ones)")
     p.add_argument("--storage", default=None, help="Optuna RDB URL: postgresql://... or mysql+pymysql://... to share a study between machines (default sqlite:///STUDY_DIR/study.db)")
     p.add_argument("--study-dir", type=Path, default=None, help="folder for trials, tables and plots (default runs/tune/STUDY)")
-    p.add_argument("--task", choices=("six", "beats"), default="six", help="six-label 12-lead task, or MIT-BIH beats")
-    p.add_argument("--mode", choices=("central", "federated"), default="central")
+    p.add_argument("--task", choices=("six", "beats"), default=None, help="six-label 12-lead task, or MIT-BIH beats (default: as the training flags say, else six)")
+    p.add_argument("--mode", choices=("central", "federated"), default=None, help="central or federated training (default: as the training flags say, else central)")
     p.add_argument("--space", type=Path, default=None, help="search-space TOML (default federated/search_spaces/{central,federated,beats}.toml)")
-    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="stop trials early on their per-epoch validation score")
     p.add_argument("--startup-trials", type=int, default=10, help="random trials before TPE models the results (Optuna's default)")
     p.add_argument("--sampler-seed", type=int, default=None, help="seed of the sampler (a resumed study continues the sequence); default: random")
     return p
@@ -204,6 +211,9 @@ class Reporter:
 
     def __init__(self, trial: optuna.Trial, per_fold: int) -> None:
         self.trial, self.per_fold, self.fold, self.prev = trial, per_fold, 0, 0
+        # Set when pruning was decided: a caller that swallows the exception (a Flower server thread)
+        # cannot hide it, the objective checks this after the run.
+        self.pruned: str | None = None
 
     def __call__(self, step: int, value: float) -> None:
         if step <= self.prev:
@@ -214,7 +224,8 @@ class Reporter:
             return
         self.trial.report(value, global_step)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"validation score {value:.4f} at step {global_step} is below the median of earlier trials")
+            self.pruned = f"validation score {value:.4f} at step {global_step} is below the median of earlier trials"
+            raise optuna.TrialPruned(self.pruned)
 
 
 def make_objective(base: TrainConfig, space: SearchSpace, study_dir: Path, current: dict):
@@ -235,8 +246,16 @@ def make_objective(base: TrainConfig, space: SearchSpace, study_dir: Path, curre
                 shutil.rmtree(run_dir)
             trial.set_user_attr("run", str(run_dir))
             log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
-            with progress_hook.listening(Reporter(trial, cfg.epochs if cfg.mode == "central" else cfg.rounds)):
-                metrics = run(cfg)
+            reporter = Reporter(trial, cfg.epochs if cfg.mode == "central" else cfg.rounds)
+            try:
+                with progress_hook.listening(reporter):
+                    metrics = run(cfg)
+            except Exception:
+                if reporter.pruned:
+                    raise optuna.TrialPruned(reporter.pruned) from None
+                raise
+            if reporter.pruned:
+                raise optuna.TrialPruned(reporter.pruned)
             value, extra = objective_value(cfg, metrics, run_dir)
         except optuna.TrialPruned:
             raise
@@ -342,6 +361,9 @@ def write_outputs(study: optuna.Study, base: TrainConfig, space: SearchSpace, st
         ]
     if plots:
         notes = write_plots(study_dir, study)
+        if 2 <= states[TrialState.COMPLETE] < 20:
+            notes.append(f"parameter importances from {states[TrialState.COMPLETE]} completed trials: a rough first look, "
+                         "not a ranking (fANOVA needs a few dozen)")
         header += [f"- plots: {', '.join(p for p in PLOTS if (study_dir / p).exists()) or 'none'}"] + [f"- {n}" for n in notes]
     write_tables(study_dir, study, space.names(), header)
 
@@ -358,17 +380,22 @@ def main(argv: list[str] | None = None) -> int:
     for flag in OWN_FLAGS:
         if any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in train_argv):
             parser.error(f"--{flag} is set by the search for each trial (STUDY_DIR/trials/NNNN); use --study-dir")
-    base = parse_config([*train_argv, "--mode", args.mode])
+    base = parse_config(train_argv)  # --config FILE and every training flag, checked by the training command
+    if args.mode is not None:
+        base = dataclasses.replace(base, mode=args.mode)
+    if base.mode not in ("central", "federated"):
+        parser.error(f"the search runs central or federated training; the training flags ask --mode {base.mode}")
     if "task" in field_names():
-        base = dataclasses.replace(base, task=args.task)
-    elif args.task != "six":
+        if args.task is not None:
+            base = dataclasses.replace(base, task=args.task)
+    elif args.task == "beats":
         parser.error("--task beats needs the MIT-BIH beat task (TrainConfig.task), which this checkout does not have yet")
     try:
         base.validate()
     except ValueError as exc:
         parser.error(str(exc))
     study_dir = args.study_dir or Path("runs") / "tune" / args.study
-    space_path = args.space or default_space_file(args.mode, args.task)
+    space_path = args.space or default_space_file(base.mode, getattr(base, "task", "six"))
     try:
         space = load_space(space_path, base)
     except SpaceError as exc:

@@ -123,7 +123,9 @@ def write_plots(study_dir: Path, study: optuna.Study) -> list[str]:
                 skipped.append(f"{name}: not drawn: {exc}")
                 continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 5))
+        # One axis per parameter in the parallel coordinates: give each about an inch.
+        width = 1.0 * (len(varied) + 3) if name == "parallel_coordinate.png" else 8
+        fig.set_size_inches(max(fig.get_size_inches()[0], width), max(fig.get_size_inches()[1], 5))
         fig.tight_layout()
         tmp = path.with_name("." + name + ".tmp")
         fig.savefig(tmp, format="png", dpi=100)
