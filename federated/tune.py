@@ -260,7 +260,8 @@ def make_objective(base: TrainConfig, space: SearchSpace, study_dir: Path, curre
         except optuna.TrialPruned:
             raise
         except (DataError, FileNotFoundError) as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+            # The setup is broken, not these parameters: the trial does not count and is queued again.
+            trial.set_user_attr("aborted", f"{type(exc).__name__}: {exc}"[:500])
             raise StudyAbort(str(exc)) from None
         except Exception as exc:  # recorded, so that the table says why; KeyboardInterrupt is not caught
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
@@ -441,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; run the same command again to continue the study ({study_dir / 'trials.md'})", file=sys.stderr)
         return 130
     except StudyAbort as exc:
+        if study is not None and current["trial"] is not None and _trial(study, current["trial"]).state == TrialState.FAIL:
+            enqueue_retry(study, _trial(study, current["trial"]))
+        if study is not None:
+            write_outputs(study, base, space, study_dir, safe_url(url), args.trials, plots=False)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = best_trial(study)

@@ -56,6 +56,8 @@ def trial_rows(study: optuna.Study, names: list[str]) -> list[dict]:
         note = t.user_attrs.get("error", "")
         if t.state == TrialState.PRUNED:
             note = f"pruned after step {last_step}"
+        elif t.state == TrialState.FAIL and "aborted" in t.user_attrs:
+            note = f"search stopped: {t.user_attrs['aborted']}; its parameters were queued again"
         elif t.state == TrialState.FAIL and not note:
             note = "interrupted (the search was stopped or killed); its parameters were queued again"
         if "retry_of" in t.user_attrs:
