@@ -5,13 +5,17 @@ No Kivy, no torch: the same ONNX network the app runs (int8 for the shipped mode
 
 * per lead: the network's windows with that lead set to 0 (its mean after the per-lead z-score, i.e.
   a flat lead); one batched run per lead (12 runs);
-* per time segment: every lead set to 0 over one segment of ``segment_s`` seconds (default 50 ms, fine
-  enough to tell a QRS complex from the baseline around it), one run per segment and window (200 runs
-  for a 10 s record; an int8 run is about 0.3-0.5 ms here, so about 0.1 s in all).
+* per time segment: every lead set to 0 over ``occlusion_s`` (150 ms) centred on each segment of
+  ``segment_s`` seconds (50 ms steps, fine enough to tell a QRS complex from the baseline around it),
+  one run per segment and window (200 runs for a 10 s record; an int8 run is about 0.3-0.5 ms here,
+  so about 0.1 s in all).
 
-The score of a lead or segment is how much the reported probability of the finding falls when it is
-hidden: ``p(record) - p(record with it hidden)``, where ``p`` is what the app shows (the network's max
-over windows, fused with the feature model's probability as the pipeline says, then calibrated). Only
+The score of a lead is how much the reported probability of the finding falls when it is hidden:
+``p(record) - p(record with the lead hidden)``, where ``p`` is what the app shows (the network's max
+over windows, fused with the feature model's probability as the pipeline says, then calibrated). The
+score of a time segment is the same fall for the window that holds it, taken alone (``p(window) -
+p(window with the segment hidden)``): the record's max over windows would hide every segment of a
+long record, where another window scores as high. Only
 the network's input is occluded: the feature model's probability is held at its value on the whole
 record (recomputing the 46 record features for each of 200 occlusions would cost about a second), so
 the attribution explains the network's share of the fused probability. Negative scores (hiding a part
@@ -32,6 +36,10 @@ from cpsc2018.records import LEADS
 from mobile_app.inference import Classifier, ClassifyError, fuse
 
 DEFAULT_SEGMENT_S = 0.05
+# Each time score hides 150 ms centred on its 50 ms segment: one QRS complex (80-120 ms, wider in a
+# bundle branch block) disappears whole. Hiding 50 ms alone left some confident int8 windows unchanged
+# (their sigmoid output saturates at the top quantization step), with no time attribution at all.
+DEFAULT_OCCLUSION_S = 0.15
 BATCH = 64  # windows per ONNX run: bounds memory (64 x 12 x 2,500 float32 = 7.7 MB)
 RESTS_ON_SHARE = 0.25  # a finding rests on a lead holding at least this share of its lead attribution
 
@@ -88,7 +96,7 @@ def _run(clf: Classifier, w: np.ndarray) -> np.ndarray:
 
 def explain(
     clf: Classifier, signal: np.ndarray, fs: float, labels: list[str] | None = None, *,
-    segment_s: float = DEFAULT_SEGMENT_S,
+    segment_s: float = DEFAULT_SEGMENT_S, occlusion_s: float = DEFAULT_OCCLUSION_S,
 ) -> Explanation:
     """Occlusion attribution of a record ``(12, T)`` in mV at ``fs`` (module docstring). ``labels``:
     the findings to explain (default: the positive ones; none positive gives an empty explanation)."""
@@ -130,34 +138,53 @@ def explain(
         occ[k, :, k, :] = 0.0
     lead_p = _run(clf, occ.reshape(-1, n_leads, n_samp)).reshape(n_leads, n_win, -1).max(axis=1)  # (leads, C)
     lead_drop = p0[None, :] - reported(lead_p)
-    # Time: segment j of window i hidden in all leads; the record probability takes the other windows as they are.
+    # Time: around segment j of window i, every lead hidden.
     seg = max(1, int(round(segment_s * fs_m)))
     n_seg = -(-n_samp // seg)
-    occ_t = np.repeat(w[:, None], n_seg, axis=1)  # (win, seg, leads, samples)
-    for j in range(n_seg):
-        occ_t[:, j, :, j * seg : (j + 1) * seg] = 0.0
-    pt = _run(clf, occ_t.reshape(-1, n_leads, n_samp)).reshape(n_win, n_seg, -1)
     n_bins = max(1, -(-x_len // seg))
-    time_drop = np.full((n_bins, len(names)), -np.inf)
-    for i in range(n_win):
-        others = np.delete(base, i, axis=0)
-        rest = others.max(axis=0) if len(others) else np.zeros(len(names))
-        p_i = reported(np.maximum(pt[i], rest[None, :]))  # (seg, C)
-        drop = p0[None, :] - p_i
-        first = int(round(starts[i] / seg))
+
+    def time_scores(width_s: float) -> np.ndarray:
+        half = max(seg, int(round(width_s * fs_m))) // 2
+        occ_t = np.repeat(w[:, None], n_seg, axis=1)  # (win, seg, leads, samples)
         for j in range(n_seg):
-            b = first + j
-            if b < n_bins and j * seg < max(1, x_len - starts[i]):  # padded tail of a short record: no time
-                time_drop[b] = np.maximum(time_drop[b], drop[j])
-    time_drop[~np.isfinite(time_drop)] = 0.0
-    notes = []
+            c = j * seg + seg // 2  # the occlusion is centred on segment j
+            occ_t[:, j, :, max(0, c - half) : c + half] = 0.0
+        pt = _run(clf, occ_t.reshape(-1, n_leads, n_samp)).reshape(n_win, n_seg, -1)
+        out = np.full((n_bins, len(names)), -np.inf)
+        for i in range(n_win):
+            # Each window against its own probability: with the record's max over windows, hiding a segment
+            # of one window changes nothing while another window scores as high, and a long record's
+            # attribution would vanish; per window it says what in that window drives the finding.
+            drop = reported(base[i])[None, :] - reported(pt[i])  # (seg, C)
+            first = int(round(starts[i] / seg))
+            for j in range(n_seg):
+                b = first + j
+                if b < n_bins and j * seg < max(1, x_len - starts[i]):  # padded tail of a short record: no time
+                    out[b] = np.maximum(out[b], drop[j])
+        out[~np.isfinite(out)] = 0.0
+        return out
+
+    notes: list[str] = []
+    time_drop = time_scores(occlusion_s)
+    runs = n_win * (1 + n_leads + n_seg)
+    # A window whose int8 output sits on its top quantization step does not move when 150 ms are hidden:
+    # widen the occlusion (0.3 s, 0.6 s) for the findings left without any time score.
+    for wider in (2 * occlusion_s, 4 * occlusion_s):
+        empty = [k for k in idx if not (time_drop[:, k] > 0).any()]
+        if not empty:
+            break
+        again = time_scores(wider)
+        runs += n_win * n_seg
+        for k in empty:
+            time_drop[:, k] = again[:, k]
+        notes.append(f"{', '.join(names[k] for k in empty)}: no change when hiding {occlusion_s:g} s; time scores with {wider:g} s hidden")
     if p_feat is not None:
         notes.append("the feature model's probability is held at its whole-record value: the scores explain the network's share")
     return Explanation(
         labels=list(labels), probabilities={n: float(p0[k]) for n, k in zip(labels, idx)},
         lead_scores={n: lead_drop[:, k].astype(np.float64) for n, k in zip(labels, idx)},
         time_scores={n: time_drop[:, k].astype(np.float64) for n, k in zip(labels, idx)},
-        segment_s=seg / fs_m, duration_s=duration, runs=n_win * (1 + n_leads + n_seg), notes=notes,
+        segment_s=seg / fs_m, duration_s=duration, runs=runs, notes=notes,
     )
 
 
