@@ -187,7 +187,7 @@ def predict_folder(model: Path, data: Path, out: Path, *, workers: int = 2, json
     except FileNotFoundError as exc:
         raise ClassifyError(str(exc)) from None
     t_scan = time.perf_counter() - t0
-    rows: list[dict] = [{"record": Path(u.path).name, "source": "", "path": u.path, "error": f"cannot read: {u.problem}"}
+    rows: list[dict] = [{"record": Path(u.path).name, "source": "", "path": u.path, "error": f"cannot read: {u.reason}"}
                         for u in cat.unreadable]
     full: list[dict] = []
     items = list(cat.entries)
