@@ -140,15 +140,15 @@ def _sum_histograms(records: list[RecordDict], n_labels: int) -> tuple[np.ndarra
 
 
 # Node id -> the name the node reported (a failed reply has no content, so its name comes from here).
-_NAMES: dict[int, str] = {}
+NODE_NAMES: dict[int, str] = {}
 
 
 def _node_name(reply: Message) -> str:
     nid = int(reply.metadata.src_node_id)
     rec = reply.content.config_records.get("node") if reply.has_content() else None
     if rec is not None and "name" in rec:
-        _NAMES[nid] = str(rec["name"])
-    return _NAMES.get(nid, f"node {nid}")
+        NODE_NAMES[nid] = str(rec["name"])
+    return NODE_NAMES.get(nid, f"node {nid}")
 
 
 def _array_bytes(arrays: ArrayRecord | None) -> int:
@@ -404,7 +404,7 @@ def run_server(grid: Grid, cfg: TrainConfig, opts: DeployOptions, site_paths: li
         # An error reply comes from the SuperLink, not from the node: name the sampled nodes that did
         # not answer, with the reasons the SuperLink gave.
         answered = {int(r.metadata.src_node_id) for r in ok}
-        silent = sorted(_NAMES.get(n, f"node {n}") for n in box.get("sampled", []) if n not in answered)
+        silent = sorted(NODE_NAMES.get(n, f"node {n}") for n in box.get("sampled", []) if n not in answered)
         reasons = [r.error.reason for r in replies if r.has_error()]
         keeper.end_train(server_round, names, {n: (reasons[i] if i < len(reasons) else "no reply") for i, n in enumerate(silent)})
         arrays, metrics = original_train(server_round, replies)

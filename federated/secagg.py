@@ -70,6 +70,7 @@ def run_secagg_rounds(grid, keeper) -> None:
     from flwr.server.strategy import FedAvg as LegacyFedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
+    from federated.deployment import NODE_NAMES
     from federated.flower_apps import SKIP_KEYS
 
     if keeper.cfg.strategy != "fedavg":
@@ -89,11 +90,20 @@ def run_secagg_rounds(grid, keeper) -> None:
 
         def configure_fit(self, server_round, parameters, client_manager):
             keeper.start_round()
-            return super().configure_fit(server_round, parameters, client_manager)
+            instructions = super().configure_fit(server_round, parameters, client_manager)
+            box["sampled"] = [int(proxy.node_id) for proxy, _ in instructions]
+            return instructions
 
         def aggregate_fit(self, server_round, results, failures):
-            names = [str(res.metrics.get("name", proxy.node_id)) for proxy, res in results]
-            keeper.end_train(server_round, names, {f"failure {i + 1}": str(f) for i, f in enumerate(failures)})
+            for proxy, res in results:
+                NODE_NAMES[int(proxy.node_id)] = str(res.metrics.get("name", proxy.node_id))
+            answered = {int(proxy.node_id) for proxy, _ in results}
+            silent = sorted(NODE_NAMES.get(n, f"node {n}") for n in box.get("sampled", []) if n not in answered)
+            reasons = [str(f) for f in failures]
+            keeper.end_train(
+                server_round, [NODE_NAMES[int(p.node_id)] for p, _ in results],
+                {n: (reasons[i] if i < len(reasons) else "no reply") for i, n in enumerate(silent)},
+            )
             losses = [(res.num_examples, float(res.metrics.get("train_loss", math.nan))) for _, res in results]
             keeper.round["train_loss"] = sum(n * v for n, v in losses) / max(sum(n for n, _ in losses), 1)
             params, metrics = super().aggregate_fit(server_round, results, failures)
@@ -118,9 +128,23 @@ def run_secagg_rounds(grid, keeper) -> None:
         initial_parameters=ndarrays_to_parameters(box["global"]), evaluate_fn=evaluate_fn,
         on_fit_config_fn=lambda rnd: {**keeper.train_config, "server-round": rnd},
     )
+    class SecAggPlus(SecAggPlusWorkflow):
+        """Flower's workflow, tolerant of a node that is gone before the key exchange (one killed between
+        rounds, which the SuperLink still lists): Flower keeps such a node among the sampled ones and
+        then finds no key shares for it (\"Not enough shares\"). It never shared keys, so no mask
+        involves it: drop it from the sampled set after the setup stage."""
+
+        def setup_stage(self, grid_, context_, state) -> bool:
+            ok = super().setup_stage(grid_, context_, state)
+            gone = state.sampled_node_ids - state.active_node_ids
+            if gone:
+                log.warning("SecAgg+: %d sampled node(s) did not answer the setup; the round goes on without them", len(gone))
+            state.sampled_node_ids = set(state.active_node_ids)
+            return ok
+
     n_nodes = max(n_min, len(list(grid.get_node_ids())))
     # Every node shares its key with all others; any n-1 of them can rebuild a dropped node's mask.
-    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlus(
         num_shares=n_nodes, reconstruction_threshold=max(2, n_nodes - 1), clipping_range=CLIPPING_RANGE,
         timeout=keeper.opts.round_timeout,
     ))
