@@ -1,4 +1,4 @@
-"""``python -m mobile_app [--model FILE] [--record FILE] [--screenshot FILE] [--result-json FILE]``
+"""``python -m mobile_app [--model FILE] [--record FILE] [--gain 5|10|20] [--screenshot FILE] [--result-json FILE]``
 
 Opens the phone-shaped Kivy window. ``--screenshot`` renders the screen after inference, saves a PNG
 and quits (for docs and tests). Arguments are parsed before Kivy is imported, so ``--help`` works
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", type=Path, default=None, help="open this recording at start")
     p.add_argument("--screenshot", type=Path, default=None, help="save the screen as PNG after inference and quit")
     p.add_argument("--result-json", type=Path, default=None, help="with --screenshot: also write what the screen shows as JSON")
+    p.add_argument("--gain", type=float, choices=(5.0, 10.0, 20.0), default=10.0, help="ECG paper gain, mm/mV")
     args = p.parse_args(argv)
     problem = missing_display()
     if problem:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     from mobile_app.app import run
 
-    run(args.model, args.record, args.screenshot, args.result_json)
+    run(args.model, args.record, args.screenshot, args.result_json, args.gain)
     return 0
 
 
