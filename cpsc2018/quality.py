@@ -61,6 +61,12 @@ Record checks:
   warning: the leads' labels are probably wrong.
 
 Thresholds are fixed defaults, not fitted to the classifier's data; they can be passed explicitly.
+
+Measured on the 2,648 12-lead records of the shared folder (PTB-XL at 100 Hz): 86.0 % good, 13.7 %
+usable with warnings, 0.3 % (8) unusable: six flat leads (2), a saturated limb-lead set (1), and noisy
+leads in 5 records, 3 of which are paced: pacemaker spikes put high frequencies outside the QRS and
+read as noise (paced rhythms are outside the six findings anyway). 4.7 ms per record of 10 s at 100 Hz
+(CPU time, one thread), 8 ms at 500 Hz.
 """
 
 from __future__ import annotations
