@@ -74,6 +74,10 @@ def fit(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     feature_fn, feature_names = feature_setup(cfg, exp.pre)
+    if cfg.dp == "local":  # DP-SGD needs the GroupNorm variant (federated.privacy)
+        from federated.privacy import private_model_kwargs
+
+        cfg.model_kwargs = private_model_kwargs(cfg.model, cfg.model_kwargs)
     kwargs = model_kwargs(cfg, exp, len(feature_names))
     model = create_model(cfg.model, **kwargs).to(device)
     # The moving average (weights and BatchNorm statistics) is what is validated, saved and shipped.
@@ -90,6 +94,14 @@ def fit(
     eval_loss_fn = nn.BCEWithLogitsLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(len(loaders["train"]), 1)
+    trained, plain_train, dp_plan = model, loaders["train"], None
+    if cfg.dp == "local":
+        from federated.privacy import make_private, plan_local_dp
+
+        # One "round" = one epoch: the noise spends (epsilon, delta) over cfg.epochs epochs.
+        dp_plan = plan_local_dp(loaders["train"], 1, cfg.epochs, cfg.epsilon, cfg.delta, cfg.max_grad_norm)
+        trained, optimizer, loaders["train"] = make_private(model, optimizer, loaders["train"], dp_plan)
+        log.info("%s: DP-SGD, noise multiplier %.3f, clipping %g, (epsilon %g, delta %g) over %d epochs", name, dp_plan.noise_multiplier, cfg.max_grad_norm, cfg.epsilon, cfg.delta, cfg.epochs)
     log.info(
         "%s: %d training records x %d window(s) = %d optimizer steps per epoch (batch %d, %s sampling), up to %d epochs%s",
         name, len(train_idx), cfg.windows_per_record, steps, cfg.batch_size, cfg.sampler, cfg.epochs,
@@ -120,10 +132,11 @@ def fit(
     if cfg.patience and history and (start - 1) - best["epoch"] >= cfg.patience:
         start = cfg.epochs + 1  # a resumed run that had already stopped early: nothing left to train
     for epoch in tqdm(range(start, cfg.epochs + 1), desc=f"{name} epochs", initial=start - 1, total=cfg.epochs, disable=not progress):
-        set_epoch(loaders["train"], cfg.seed, epoch)
+        set_epoch(plain_train, cfg.seed, epoch)  # the DP loader shares its dataset (crops per epoch)
+        eps = dp_plan.check(epoch, name) if dp_plan is not None else None
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch) if cfg.augment else None
         train_loss = train_one_epoch(
-            model, loaders["train"], optimizer, loss_fn, device, scheduler=scheduler, amp=cfg.amp,
+            trained, loaders["train"], optimizer, loss_fn, device, scheduler=scheduler, amp=cfg.amp,
             augment_gen=gen, fs=exp.pre.fs, progress=progress, desc=f"epoch {epoch}", ema=ema,
             augment_strength=cfg.augment_strength,
         )
@@ -134,6 +147,8 @@ def fit(
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
             "val_macro_f1": m["macro"]["f1"], "val_macro_auroc": m["macro"]["auroc"], "lr": scheduler.get_last_lr()[0],
         }
+        if eps is not None:
+            row["dp_epsilon"] = eps
         history.append(row)
         log.info("%s epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.3f, AUROC %.3f", name, epoch, train_loss, val_loss, row["val_macro_f1"], row["val_macro_auroc"])
         score = selection_score(m, val_loss)
@@ -152,7 +167,17 @@ def fit(
         if cfg.patience and epoch - best["epoch"] >= cfg.patience:
             log.info("%s: no better validation score for %d epochs: stopping after epoch %d (best %d)", name, cfg.patience, epoch, best["epoch"])
             break
-    return finish(cfg, exp, out, history, test_idx, feature_fn, x_key="epoch")
+    metrics = finish(cfg, exp, out, history, test_idx, feature_fn, x_key="epoch")
+    if dp_plan is not None:
+        from federated.outputs import write_json
+
+        metrics["privacy"] = {
+            "dp": "local", "level": "record (DP-SGD)", "accountant": "Opacus RDP", "budget": {"epsilon": cfg.epsilon, "delta": cfg.delta},
+            "noise_multiplier": dp_plan.noise_multiplier, "max_grad_norm": cfg.max_grad_norm,
+            "spent": history[-1].get("dp_epsilon") if history else 0.0,
+        }
+        write_json(out / "metrics.json", metrics)
+    return metrics
 
 
 def finish(cfg: TrainConfig, exp: Experiment, out: Path, history: list[dict], test_idx: list[int], feature_fn, x_key: str) -> dict:

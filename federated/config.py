@@ -10,7 +10,9 @@ from pathlib import Path
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS
 from cpsc2018.util import default_data_dir
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+# Poisoned clients in simulation (federated/attacks.py).
+ATTACKS = ("none", "label-flip", "sign-flip", "scale", "noise")
 
 
 @dataclass
@@ -73,6 +75,25 @@ class TrainConfig:
     max_per_site: int = 0
     # Hybrid models: hand features (cpsc2018.features) fed to the head; 0 = off.
     features: bool = False
+    # Differential privacy (federated/privacy.py): "local" = DP-SGD (Opacus) on every client, or on the
+    # pooled records in central mode; "central" = Flower's server-side wrapper noising the aggregate.
+    dp: str = "none"
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    adaptive_clipping: bool = False
+    # Poisoned clients (simulation only) and robust aggregation.
+    attack: str = "none"
+    malicious: int = 0
+    attack_scale: float = 4.0
+    # f of the Krum family (Krum, Multi-Krum, Bulyan); None = --malicious (the defender knows K).
+    num_malicious: int | None = None
+    # Norm clipping of every client's update on the server (0 = off).
+    clip_updates: float = 0.0
+    # Personalisation: local fine-tuning epochs of the final global model on each client (0 = off).
+    personalize_epochs: int = 0
 
     def validate(self) -> None:
         checks = {
@@ -83,6 +104,8 @@ class TrainConfig:
             "partition": ("site", "iid", "dirichlet"),
             "strategy": STRATEGIES,
             "sampler": ("shuffle", "balanced"),
+            "dp": ("none", "local", "central"),
+            "attack": ATTACKS,
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -107,6 +130,9 @@ class TrainConfig:
         # Above 2 the time stretch passes +-16 %: enough to move a PR or QRS duration across its diagnostic limit.
         if not 0 <= self.augment_strength <= 2:
             raise ValueError(f"--augment-strength must be in [0, 2]; got {self.augment_strength}")
+        from federated.privacy import validate_privacy
+
+        validate_privacy(self)
         if self.augment_strength != 1.0 and self.mode == "federated":
             raise ValueError("--augment-strength is not passed to federated clients yet; use it in central or local mode")
 
@@ -177,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500), default=d.ptbxl_rate)
     p.add_argument("--features", action="store_true", help="hybrid: feed hand features to the model head")
     p.add_argument("--max-per-site", type=int, default=d.max_per_site, help="use at most N records per site, a seeded sample (0 = all)")
+    g = p.add_argument_group("privacy and robustness (README: Privacy and robustness)")
+    g.add_argument("--dp", choices=("none", "local", "central"), default=d.dp, help="local: DP-SGD on each client (or central mode); central: noise on the aggregate")
+    g.add_argument("--epsilon", type=float, default=d.epsilon, help="--dp local: privacy budget per client over the whole run (inf = clipping only)")
+    g.add_argument("--delta", type=float, default=d.delta, help="--dp local/central: delta of (epsilon, delta)")
+    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="--dp local: per-sample gradient clipping norm")
+    g.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier, help="--dp central: noise std / clipping norm")
+    g.add_argument("--clipping-norm", type=float, default=d.clipping_norm, help="--dp central: update clipping norm (initial norm if adaptive)")
+    g.add_argument("--adaptive-clipping", action="store_true", help="--dp central: adaptive clipping (Andrew et al. 2021)")
+    g.add_argument("--attack", choices=ATTACKS, default=d.attack, help="simulation only: what the malicious clients do")
+    g.add_argument("--malicious", type=int, default=d.malicious, help="simulation only: number of malicious clients")
+    g.add_argument("--attack-scale", type=float, default=d.attack_scale, help="factor of sign-flip/scale updates, noise std in update stds")
+    g.add_argument("--num-malicious", type=int, default=None, help="f assumed by Krum/Multi-Krum/Bulyan (default: --malicious)")
+    g.add_argument("--clip-updates", type=float, default=d.clip_updates, help="clip every client update to this L2 norm on the server (0 = off)")
+    g.add_argument("--personalize-epochs", type=int, default=d.personalize_epochs, help="fine-tune the final global model on each client; per-site metrics")
     return p
 
 

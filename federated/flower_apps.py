@@ -27,17 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import nn
 from torch.utils.data import DataLoader
 
 from cpsc2018.cache import RecordCache
 from cpsc2018.dataset import EvalWindows, TrainWindows
+from federated.attacks import UPDATE_ATTACKS, flip_labels, poison_update
 from federated.data import DataError
 from federated.engine import pos_weight, predict_records, resolve_device, train_one_epoch
 from federated.metrics import multilabel_metrics
 from federated.plan import load_plan
+from federated.privacy import UNIT_WEIGHT_KEY, BudgetExhausted
 from federated.secagg import is_legacy_fit, legacy_train_reply, optional_secaggplus
 
 # SecAgg+ runs only for the messages of its protocol (see federated.secagg).
@@ -152,14 +155,33 @@ def train(msg: Message, context: Context) -> Message:
     if legacy:
         keys = [k for k in _model_from_config(c).state_dict() if not k.endswith(SKIP_KEYS)]
         return legacy_train_reply(msg, node, train_local, keys)
-    weights = train_local(node, c, msg.content["arrays"])
-    metrics = MetricRecord({"train_loss": weights[1], "num-examples": len(node.train)})
+    simulated = "data-path" not in context.node_config and "site-paths" not in c
+    try:
+        weights = train_local_with_metrics(node, c, msg.content["arrays"], attacks=simulated)
+    except BudgetExhausted as exc:
+        # No update leaves the node: an error reply, which the strategy logs with this reason.
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)), reply_to=msg)
+    metrics = MetricRecord({
+        "train_loss": weights[1], "num-examples": len(node.train), UNIT_WEIGHT_KEY: 1, **weights[2],
+    })
     content = RecordDict({"arrays": weights[0], "metrics": metrics, "node": _node_record(node)})
     return Message(content=content, reply_to=msg)
 
 
 def train_local(node: NodeData, c: ConfigRecord, arrays: ArrayRecord) -> tuple[ArrayRecord, float]:
     """Local epochs from the global weights: the one training loop of ``federated.engine``."""
+    new, loss, _ = train_local_with_metrics(node, c, arrays)
+    return new, loss
+
+
+def train_local_with_metrics(
+    node: NodeData, c: ConfigRecord, arrays: ArrayRecord, *, attacks: bool = False
+) -> tuple[ArrayRecord, float, dict]:
+    """``train_local`` and the extra metrics of its reply.
+
+    Returns the weights, the mean loss and extra reply metrics (``dp-epsilon``/``dp-delta`` under
+    ``dp`` = ``local``). ``attacks``: apply ``attack`` if this client is in ``malicious`` (a simulation
+    only: the ClientApp sets it for plan-based nodes, never for a hospital's node)."""
     torch.set_num_threads(int(c.get("threads", torch.get_num_threads())))
     round_ = int(c["server-round"]) + int(c.get("round-offset", 0))
     seed = int(c["seed"]) * 1000 + node.pid
@@ -173,8 +195,23 @@ def train_local(node: NodeData, c: ConfigRecord, arrays: ArrayRecord) -> tuple[A
     batch = int(c["batch-size"])
     gen = torch.Generator()
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, generator=gen)
+    attack = str(c.get("attack", "none")) if attacks and node.pid in json.loads(str(c.get("malicious", "[]"))) else "none"
+    if attack == "label-flip":  # this client trains on inverted labels (a copy: the cache is shared)
+        targets = flip_labels(targets, node.train)
+        ds = TrainWindows(cache, targets, node.train, seed=seed)
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) > batch, generator=gen)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight(targets[node.train], float(c["pos-weight-cap"])).to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight-decay"]))
+    trained, extra = model, {}
+    if str(c.get("dp", "none")) == "local":
+        from federated.privacy import make_private, plan_local_dp
+
+        plan = plan_local_dp(
+            loader, int(c["local-epochs"]), int(c["dp-rounds"]), float(c["epsilon"]), float(c["delta"]), float(c["max-grad-norm"])
+        )
+        eps = plan.check(round_, f"client {node.name}")  # raises before any training past the budget
+        trained, optimizer, loader = make_private(model, optimizer, loader, plan)
+        extra = {"dp-epsilon": eps, "dp-delta": plan.delta, "dp-noise-multiplier": plan.noise_multiplier}
     losses = []
     for e in range(int(c["local-epochs"])):
         epoch = round_ * 1000 + e  # distinct crops and order each round and local epoch
@@ -183,11 +220,14 @@ def train_local(node: NodeData, c: ConfigRecord, arrays: ArrayRecord) -> tuple[A
         aug = torch.Generator().manual_seed(seed * 7919 + epoch) if bool(c.get("augment", False)) else None
         losses.append(
             train_one_epoch(
-                model, loader, optimizer, loss_fn, device, augment_gen=aug, fs=cache.cfg.fs,
+                trained, loader, optimizer, loss_fn, device, augment_gen=aug, fs=cache.cfg.fs,
                 proximal_mu=float(c.get("proximal-mu", 0.0)), global_params=global_params,
             )
         )
-    return to_arrays(model, str(c.get("update-dtype", "float32"))), float(np.mean(losses))
+    out = to_arrays(model, str(c.get("update-dtype", "float32")))
+    if attack in UPDATE_ATTACKS:
+        out = poison_update(attack, arrays, out, float(c.get("attack-scale", 4.0)), seed * 31 + round_)
+    return out, float(np.mean(losses)), extra
 
 
 def score_histograms(y: np.ndarray, probs: np.ndarray) -> tuple[list[int], list[int]]:
@@ -221,7 +261,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     labels = json.loads(str(c["labels"]))
     # Every client answers with the same keys (Flower refuses to aggregate differing records); a
     # client without records in this part sends NaN with weight 0.
-    record: dict = {"num-examples": len(idx), "client-id": node.pid, "val_loss": math.nan, "macro_auroc": math.nan}
+    record: dict = {
+        "num-examples": len(idx), UNIT_WEIGHT_KEY: 1, "client-id": node.pid, "val_loss": math.nan, "macro_auroc": math.nan,
+    }
     record.update({f"{kind}_{name}": math.nan for name in labels for kind in ("f1", "auroc")})
     probs = np.zeros((0, len(labels)))
     if idx:
@@ -247,7 +289,7 @@ def nan_aware_average(records: list[RecordDict], weight_key: str) -> MetricRecor
         for mr in rd.metric_records.values():
             w = float(mr.get(weight_key, 0))
             for k, v in mr.items():
-                if k in (weight_key, "client-id") or not isinstance(v, (int, float)) or math.isnan(float(v)):
+                if k in (weight_key, "client-id", UNIT_WEIGHT_KEY) or not isinstance(v, (int, float)) or math.isnan(float(v)):
                     continue
                 sums[k] = sums.get(k, 0.0) + w * float(v)
                 weights[k] = weights.get(k, 0.0) + w

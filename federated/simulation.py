@@ -32,6 +32,9 @@ from federated.metrics import tune_thresholds
 from federated.outputs import make_checkpoint, model_kwargs
 from federated.partition import partition, partition_by_site
 from federated.plan import ClientPlan, write_plan
+from federated.attacks import attack_config, attack_summary, f_assumed
+from federated.personalize import personalize
+from federated.privacy import dp_client_config, privacy_summary
 
 log = logging.getLogger("federated")
 
@@ -39,11 +42,31 @@ log = logging.getLogger("federated")
 STRATEGY_STATE = ("m_t", "v_t")
 
 
-def build_strategy(name: str, n: int, mu: float, evaluate_aggr, train_aggr) -> fl.Strategy:
+def build_strategy(
+    name: str, n: int, mu: float, evaluate_aggr, train_aggr, *, num_malicious: int = 0, cfg: TrainConfig | None = None
+) -> fl.Strategy:
+    """The strategy ``name`` for ``n`` clients. ``num_malicious`` is f of the Krum family (Multi-Krum
+    averages the n - f best-scored updates; Bulyan needs n >= 4f + 3). With ``cfg``, its ``--dp
+    central`` or ``--clip-updates`` wraps the strategy in Flower's server-side DP wrapper (noise 0 for
+    clipping alone); a DP aggregate weighs clients equally (see federated.privacy)."""
+    from federated.privacy import UNIT_WEIGHT_KEY, wrap_server_dp
+
+    dp = cfg is not None and cfg.dp == "central"
     common = dict(
         min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n,
         evaluate_metrics_aggr_fn=evaluate_aggr, train_metrics_aggr_fn=train_aggr,
     )
+    if dp:
+        common["weighted_by_key"] = UNIT_WEIGHT_KEY
+    inner = _base_strategy(name, n, mu, common, num_malicious)
+    if dp:
+        return wrap_server_dp(inner, n, noise_multiplier=cfg.noise_multiplier, clipping_norm=cfg.clipping_norm, adaptive=cfg.adaptive_clipping)
+    if cfg is not None and cfg.clip_updates > 0:
+        return wrap_server_dp(inner, n, noise_multiplier=0.0, clipping_norm=cfg.clip_updates)
+    return inner
+
+
+def _base_strategy(name: str, n: int, mu: float, common: dict, num_malicious: int) -> fl.Strategy:
     if name == "fedavg":
         return fl.FedAvg(**common)
     if name == "fedprox":
@@ -56,7 +79,16 @@ def build_strategy(name: str, n: int, mu: float, evaluate_aggr, train_aggr) -> f
     if name == "fedtrimmedavg":
         return fl.FedTrimmedAvg(beta=0.2, **common)
     if name == "krum":
-        return fl.Krum(num_malicious_nodes=0, **common)
+        return fl.Krum(num_malicious_nodes=num_malicious, **common)
+    if name == "multikrum":
+        return fl.MultiKrum(num_malicious_nodes=num_malicious, num_nodes_to_select=max(n - num_malicious, 1), **common)
+    if name == "bulyan":
+        if n < 4 * num_malicious + 3:
+            raise ValueError(
+                f"--strategy bulyan with f = {num_malicious} malicious clients needs at least 4f + 3 = {4 * num_malicious + 3} "
+                f"clients; this federation has {n} (lower --num-malicious or add clients)"
+            )
+        return fl.Bulyan(num_malicious_nodes=num_malicious, **common)
     raise ValueError(f"unknown strategy {name!r}")
 
 
@@ -95,6 +127,11 @@ def client_plans(cfg: TrainConfig, exp: Experiment) -> tuple[list[ClientPlan], l
 def run_federated(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
     if cfg.features:
         raise ValueError("--features (hybrid head) is supported in central and local modes only")
+    if cfg.dp == "local":
+        from federated.privacy import private_model_kwargs
+
+        cfg.model_kwargs = private_model_kwargs(cfg.model, cfg.model_kwargs)
+        log.info("--dp local: DP-SGD on every client with %s %s", cfg.model, cfg.model_kwargs)
     plans, notes = client_plans(cfg, exp)
     for n in notes:
         log.info(n)
@@ -117,6 +154,10 @@ def run_federated(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
     metrics = finish(cfg, exp, out, last.progress["history"], exp.split["test"], None, x_key="round")
     metrics["clients"] = last.progress.get("clients", {})
     metrics["partition"] = {"scheme": cfg.partition, "notes": notes, "clients": {p.name: {"train": len(p.train), "val": len(p.val)} for p in plans}}
+    metrics.update(privacy_summary(cfg, last.progress["history"], [p.name for p in plans]))
+    metrics.update(attack_summary(cfg, [p.name for p in plans]))
+    if cfg.personalize_epochs:
+        metrics["personalized"] = personalize(cfg, exp, out, plans)
     from federated.outputs import write_json
 
     write_json(out / "metrics.json", metrics)
@@ -144,7 +185,9 @@ def make_server_app(
 
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, **kwargs)
-        state = {"offset": 0, "best": {"score": -math.inf, "round": 0}, "clients": {}, "train_loss": math.nan}
+        # dp_rounds: the rounds DP-SGD noise was calibrated for, kept on resume (a longer resumed run
+        # then meets the clients' budget check instead of silently recalibrating).
+        state = {"offset": 0, "best": {"score": -math.inf, "round": 0}, "clients": {}, "train_loss": math.nan, "dp_rounds": cfg.rounds}
         last_path = out / "last.pt"
         strategy_box: dict = {}
 
@@ -167,6 +210,11 @@ def make_server_app(
         def on_train(records: list[RecordDict], weight_key: str) -> MetricRecord:
             agg = nan_aware_average(records, weight_key)
             state["train_loss"] = float(agg.get("train_loss", math.nan))
+            # Per-client DP-SGD spending of this round (--dp local), kept in the history row.
+            state["dp_epsilon"] = {
+                str(rd["node"]["name"]) if "node" in rd.config_records else str(i): float(mr["dp-epsilon"])
+                for i, rd in enumerate(records) for mr in rd.metric_records.values() if "dp-epsilon" in mr
+            }
             return agg
 
         def server_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -182,6 +230,14 @@ def make_server_app(
                 "round": rnd, "train_loss": state["train_loss"], "val_loss": val_loss,
                 "val_macro_f1": m["macro"]["f1"], "val_macro_auroc": m["macro"]["auroc"],
             }
+            if cfg.dp == "local":
+                row["dp_epsilon"] = dict(state.get("dp_epsilon", {}))
+                log.info("round %d: DP-SGD epsilon spent per client (delta %g): %s", rnd, cfg.delta, row["dp_epsilon"])
+            elif cfg.dp == "central":
+                from federated.privacy import central_dp_epsilon
+
+                row["dp_epsilon"] = central_dp_epsilon(cfg.noise_multiplier, rnd, cfg.delta)
+                log.info("round %d: central DP epsilon %.3f (delta %g, client level)", rnd, row["dp_epsilon"], cfg.delta)
             history.append(row)
             log.info("round %d: val loss %.4f, val macro F1 %.3f, AUROC %.3f", rnd, val_loss, row["val_macro_f1"], row["val_macro_auroc"])
             s = selection_score(m, val_loss)
@@ -192,19 +248,19 @@ def make_server_app(
             progress = {
                 "round": rnd, "history": list(history), "best": state["best"], "clients": state["clients"],
                 "strategy_state": {k: getattr(strat, k) for k in STRATEGY_STATE if getattr(strat, k, None) is not None},
-                "selected_by": SELECT_KEY,
+                "selected_by": SELECT_KEY, "dp_rounds": state["dp_rounds"],
             }
             save_checkpoint(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, progress, []))
             return MetricRecord({"val_loss": float(val_loss), "val_macro_auroc": float(s if math.isfinite(s) else 0.0)})
 
-        strategy = build_strategy(cfg.strategy, len(plans), cfg.proximal_mu, on_evaluate, on_train)
+        strategy = build_strategy(cfg.strategy, len(plans), cfg.proximal_mu, on_evaluate, on_train, num_malicious=f_assumed(cfg), cfg=cfg)
         strategy_box["s"] = strategy
         if cfg.resume and last_path.exists():
             ckpt = load_checkpoint(last_path)
             check_resume_compatible(ckpt.config, cfg, last_path)
             model.load_state_dict(ckpt.state_dict)
             p = ckpt.progress
-            state.update(offset=int(p["round"]), best=p["best"], clients=p.get("clients", {}))
+            state.update(offset=int(p["round"]), best=p["best"], clients=p.get("clients", {}), dp_rounds=p.get("dp_rounds", cfg.rounds))
             history[:] = p["history"]
             for k, v in p.get("strategy_state", {}).items():
                 setattr(strategy, k, v)
@@ -223,6 +279,7 @@ def make_server_app(
             **common, "lr": cfg.lr, "weight-decay": cfg.weight_decay, "batch-size": cfg.batch_size,
             "local-epochs": cfg.local_epochs, "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
             "pos-weight-cap": cfg.pos_weight_cap, "augment": cfg.augment,
+            **dp_client_config(cfg, int(state["dp_rounds"])), **attack_config(cfg, [p.name for p in plans]),
         })
         strategy.start(
             grid=grid, initial_arrays=to_arrays(model), num_rounds=remaining,
