@@ -320,7 +320,12 @@ def check_same_setup(study: optuna.Study, base: TrainConfig, space: SearchSpace)
         study.set_user_attr("space_file", str(space.path))
         return
     old, new = attrs["base_config"], _comparable(base)
-    diff = [f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    # A setting added to TrainConfig since the study began counts as unchanged while it keeps its default.
+    defaults = _comparable(TrainConfig())
+    diff = [
+        f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not (k not in old and new.get(k) == defaults.get(k))
+    ]
     if diff:
         raise StudyAbort(f"study {study.study_name!r} was started with other training settings: {'; '.join(diff)}. "
                          "Give the same flags, or start a new --study")
