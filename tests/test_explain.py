@@ -90,3 +90,13 @@ def test_lead_attribution_and_flagged_leads(clf, cpsc_by_label):
         explain(clf, rec.signal, rec.fs, ["STEMI"])
     none = explain(clf, rec.signal, rec.fs, [])
     assert none.labels == [] and none.runs == 0
+
+
+def test_app_logic_imports_nothing_the_phone_lacks():
+    import subprocess
+    import sys
+
+    code = ("import sys, mobile_app.inference, mobile_app.explain, cpsc2018.quality, export.calibration; "
+            "print(sorted(m for m in ('torch', 'kivy', 'sklearn', 'matplotlib', 'neurokit2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
