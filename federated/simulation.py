@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,9 @@ def client_plans(cfg: TrainConfig, exp: Experiment) -> tuple[list[ClientPlan], l
     return plans, notes
 
 
-def run_federated(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
+def run_federated(cfg: TrainConfig, exp: Experiment, out: Path, *, in_process: bool = False) -> dict:
+    """``in_process``: the same ServerApp and ClientApp without Ray (federated.inprocess), for studies
+    and tests of many small federations; metrics then include bytes and seconds per round."""
     if cfg.features:
         raise ValueError("--features (hybrid head) is supported in central and local modes only")
     if cfg.dp == "local":
@@ -147,7 +150,15 @@ def run_federated(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
         "client_resources": {"num_cpus": 1, "num_gpus": 0.5 if device.type == "cuda" else 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False, "logging_level": "error"},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(plans), backend_config=backend)
+    t0 = time.perf_counter()
+    grid = None
+    if in_process:
+        from federated.inprocess import run_in_process
+
+        grid = run_in_process(server_app, client_app, len(plans))
+    else:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(plans), backend_config=backend)
+    wall = time.perf_counter() - t0
     if not (out / "best.pt").exists():
         raise RuntimeError("the federated run produced no model (see the Flower log above)")
     last = load_checkpoint(out / "last.pt")
@@ -156,6 +167,15 @@ def run_federated(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
     metrics["partition"] = {"scheme": cfg.partition, "notes": notes, "clients": {p.name: {"train": len(p.train), "val": len(p.val)} for p in plans}}
     metrics.update(privacy_summary(cfg, last.progress["history"], [p.name for p in plans]))
     metrics.update(attack_summary(cfg, [p.name for p in plans]))
+    metrics["wall_seconds"] = round(wall, 2)
+    if grid is not None:
+        train_rounds = [r for r in grid.rounds if r["type"] == "train"]
+        metrics["engine"] = {
+            "kind": "in-process (federated.inprocess)", "train_rounds": len(train_rounds),
+            "bytes_up_per_round": sum(r["bytes_up"] for r in train_rounds) / max(len(train_rounds), 1),
+            "bytes_down_per_round": sum(r["bytes_down"] for r in train_rounds) / max(len(train_rounds), 1),
+            "train_seconds_per_round": sum(r["seconds"] for r in train_rounds) / max(len(train_rounds), 1),
+        }
     if cfg.personalize_epochs:
         metrics["personalized"] = personalize(cfg, exp, out, plans)
     from federated.outputs import write_json
