@@ -53,12 +53,16 @@ def rows_for(part: str, base: TrainConfig, args: argparse.Namespace) -> list[tup
             ("beatnet, class-weighted loss (cap 20)", replace(base, pos_weight_cap=20.0, sampler="shuffle")),
             ("beatnet, class-balanced sampling", replace(base, pos_weight_cap=1.0, sampler="balanced")),
         ]
+    if part == "leads2":
+        return [("beatnet, MLII + second lead, class-weighted loss (cap 20)", replace(base, model_kwargs={"in_leads": 2}))]
+    if part == "notemplate":
+        return [("beatnet, no median-beat channel, class-weighted loss (cap 20)", replace(base, model_kwargs={"template": "none"}))]
     if part == "rnn":
         return [("rnn_attention + RR, class-weighted loss (cap 20)", replace(base, model="rnn_attention", epochs=args.rnn_epochs))]
     if part == "federated":
         return [(
-            f"beatnet federated (FedAvg, 1 client per patient, {args.rounds} rounds x 1 local epoch), class-weighted loss",
-            replace(base, mode="federated", rounds=args.rounds, local_epochs=1, pos_weight_cap=20.0),
+            f"beatnet federated (FedAvg, {args.clients} clients of whole patients, {args.rounds} rounds x 1 local epoch), class-weighted loss",
+            replace(base, mode="federated", rounds=args.rounds, local_epochs=1, pos_weight_cap=20.0, clients=args.clients),
         )]
     raise ValueError(f"unknown part {part!r}; expected central, rnn or federated")
 
@@ -76,7 +80,7 @@ def run_row(cfg: TrainConfig, data, folds: list[list[str]]) -> dict:
     t0 = time.perf_counter()
     res = cross_validate(cfg, data, folds, train_fn=train_fn, progress=False)
     res["minutes"] = (time.perf_counter() - t0) / 60
-    res["config"] = {k: getattr(cfg, k) for k in ("model", "mode", "epochs", "rounds", "local_epochs", "batch_size", "lr", "sampler", "pos_weight_cap", "seed")}
+    res["config"] = {k: getattr(cfg, k) for k in ("model", "model_kwargs", "mode", "epochs", "rounds", "local_epochs", "clients", "batch_size", "lr", "sampler", "pos_weight_cap", "seed")}
     return res
 
 
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--rnn-epochs", type=int, default=4)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--clients", type=int, default=5, help="federated clients (groups of whole patients) per fold")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -157,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     from federated.beats.train import beat_config
 
     base = base_config(args)
-    data = load_beat_data(args.data, beat_config(base), progress=False, only=list(DS1))
+    loaded: dict = {}
+
+    def data_for(cfg: TrainConfig):
+        bcfg = beat_config(cfg)
+        if bcfg not in loaded:
+            loaded[bcfg] = load_beat_data(args.data, bcfg, progress=False, only=list(DS1))
+        return loaded[bcfg]
+
+    data = data_for(base)
     missing = sorted(set(DS1) - set(data.records))
     if missing:
         print(f"error: DS1 records missing under {args.data}: {', '.join(missing)}", file=sys.stderr)
@@ -177,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     for part in [s.strip() for s in args.parts.split(",") if s.strip()]:
         for name, cfg in rows_for(part, base, args):
             log.info("benchmark row: %s", name)
-            store["rows"][name] = json_safe(run_row(cfg, data, folds))
+            row = json_safe(run_row(cfg, data_for(cfg), folds))
+            # Parts may run in parallel processes: merge into what is on disk now, not what was read at start.
+            if json_path.exists():
+                store["rows"] = {**json.loads(json_path.read_text()).get("rows", {}), **store["rows"]}
+            store["rows"][name] = row
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(json_path, json.dumps(json_safe(store), indent=1) + "\n")
             atomic_write_text(args.out / "beats.md", markdown(store))

@@ -71,9 +71,12 @@ class BeatConfig:
     # context comes from the RR features instead.
     before_s: float = 0.25
     after_s: float = 0.45
-    # 2: MLII and the record's other lead (V1 in most records; V2, V4 or V5 in a few); 1: MLII only,
-    # the lead every MIT-BIH record except the paced 102 and 104 has.
-    n_leads: int = 2
+    # 1: MLII only, the lead every MIT-BIH record except the paced 102 and 104 has (and the lead of most
+    # single-lead devices). 2: MLII and the record's other lead, which is V1 in most DS1 records but V2,
+    # V4 or V5 in several DS2 ones (100, 103, 117, 123, ...), so a model trained on V1 meets another
+    # lead at test time. On the two hardest CV folds (benchmarks/results/beats.md) the two were within
+    # noise of each other (mean macro F1 0.435 for MLII vs 0.411 for two leads); MLII is the default.
+    n_leads: int = 1
     primary_lead: str = "MLII"
     # As the 12-lead PreprocessConfig: 0.5 Hz removes baseline wander, 40 Hz EMG and mains; zero-phase
     # order-2 Butterworth (no shift of the R peak against the annotation). MIT-BIH is US data: 60 Hz mains.
@@ -85,6 +88,11 @@ class BeatConfig:
     normalize: str = "zscore"
     # Local RR: the mean of this many RR intervals centred on the beat (~10 beats, ~8 s at 75 bpm).
     local_rr_beats: int = 10
+    # "diff": after the leads, one more channel per lead holding the beat minus the record's median beat
+    # (the patient's dominant morphology, from the same record only). A bundle branch block patient's
+    # wide normal beats then look normal against their own median, where a network trained on other
+    # patients would call them ventricular. "none": the leads only.
+    template: str = "diff"
 
     def __post_init__(self) -> None:
         if self.fs <= 0 or self.before_s < 0 or self.after_s <= 0:
@@ -95,6 +103,8 @@ class BeatConfig:
             raise ValueError(f"filter band must satisfy 0 <= low < high < fs/2 = {self.fs / 2}, got {self.band_low_hz}-{self.band_high_hz} Hz")
         if self.normalize not in ("zscore", "none"):
             raise ValueError(f"normalize must be 'zscore' or 'none', got {self.normalize!r}")
+        if self.template not in ("diff", "none"):
+            raise ValueError(f"template must be 'diff' or 'none', got {self.template!r}")
         if self.local_rr_beats < 1:
             raise ValueError(f"local_rr_beats must be at least 1, got {self.local_rr_beats}")
 
@@ -109,6 +119,11 @@ class BeatConfig:
     @property
     def window_samples(self) -> int:
         return self.before + self.after
+
+    @property
+    def channels(self) -> int:
+        """Input channels of a beat model: the leads, and with ``template="diff"`` their differences."""
+        return self.n_leads * (2 if self.template == "diff" else 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -231,6 +246,15 @@ def cut_windows(x: np.ndarray, centres: np.ndarray, before: int, after: int) -> 
     return np.ascontiguousarray(pad[:, idx].transpose(1, 0, 2), dtype=np.float32)
 
 
+def with_template_difference(windows: np.ndarray) -> np.ndarray:
+    """``(n, leads, W)`` -> ``(n, 2 * leads, W)``: the beats, then each beat minus the record's median beat
+    (the median over all of the record's beats, whatever their class: the dominant morphology)."""
+    if len(windows) == 0:
+        return np.concatenate([windows, windows], axis=1)
+    median = np.median(windows, axis=0, keepdims=True)
+    return np.ascontiguousarray(np.concatenate([windows, windows - median], axis=1), dtype=np.float32)
+
+
 def record_beats(rec: Record, cfg: BeatConfig = BeatConfig()) -> RecordBeats:
     """Every annotated beat of a read record (``cpsc2018.readers.read_mitbih``)."""
     if rec.beats is None:
@@ -242,6 +266,8 @@ def record_beats(rec: Record, cfg: BeatConfig = BeatConfig()) -> RecordBeats:
     x = preprocess_beats_signal(signal, rec.fs, cfg)
     centres = np.round(samples * (cfg.fs / rec.fs)).astype(np.int64)
     windows = cut_windows(x, centres, cfg.before, cfg.after)
+    if cfg.template == "diff":
+        windows = with_template_difference(windows)
     rr = rr_features(samples / rec.fs, cfg.local_rr_beats)
     name = record_name(rec.record_id)
     return RecordBeats(name, patient_of(name), windows, rr, labels, samples, leads)

@@ -28,12 +28,14 @@ def test_aami_mapping():
 
 
 def test_record_100_segmentation(data_dir: Path):
-    cfg = BeatConfig()
+    cfg = BeatConfig(n_leads=2)
     b = load_record_beats(data_dir / "mitbih" / "100.hea", cfg)
     assert len(b) == 2273
     assert b.counts() == {"N": 2239, "S": 33, "V": 1, "F": 0, "Q": 0}
-    assert b.windows.shape == (2273, 2, cfg.window_samples) == (2273, 2, 126)
+    # MLII, V5, then each minus the record's median beat (cfg.template == "diff").
+    assert b.windows.shape == (2273, cfg.channels, cfg.window_samples) == (2273, 4, 126)
     assert b.leads == ("MLII", "V5")
+    assert np.allclose(b.windows[:, 2:], b.windows[:, :2] - np.median(b.windows[:, :2], axis=0), atol=1e-5)
     assert b.rr.shape == (2273, 7) and np.isfinite(b.rr).all()
     # The annotated R peak sits at index `before` of every window: the average MLII beat peaks there.
     mean_beat = b.windows[b.labels == 0, 0].mean(axis=0)
@@ -44,8 +46,11 @@ def test_record_100_segmentation(data_dir: Path):
 
 
 def test_record_114_reads_mlii_first(data_dir: Path):
-    b = load_record_beats(data_dir / "mitbih" / "114.hea", BeatConfig(n_leads=1))
+    b = load_record_beats(data_dir / "mitbih" / "114.hea", BeatConfig(n_leads=1, template="none"))
     assert b.leads == ("MLII",) and b.windows.shape[1] == 1
+    two = load_record_beats(data_dir / "mitbih" / "114.hea", BeatConfig(n_leads=2))
+    assert two.leads == ("MLII", "V5")  # stored V5 first
+    assert np.allclose(two.windows[:, 0], b.windows[:, 0])
 
 
 def test_rr_features_of_a_premature_beat():

@@ -55,13 +55,19 @@ def beat_model_name(cfg: TrainConfig) -> str:
 
 
 def beat_config(cfg: TrainConfig) -> BeatConfig:
-    """The beat preprocessing of a run: defaults, with the lead count taken from ``--model-kwargs in_leads``."""
-    return BeatConfig(n_leads=int(cfg.model_kwargs.get("in_leads", BeatConfig().n_leads)))
+    """The beat preprocessing of a run: defaults, with ``--model-kwargs`` keys ``in_leads`` (1 = MLII, 2 = MLII
+    and the record's other lead) and ``template`` ("diff" | "none"); these two are taken out of the model's
+    arguments (the model's input channels follow from them: ``BeatConfig.channels``)."""
+    d = BeatConfig()
+    return BeatConfig(n_leads=int(cfg.model_kwargs.get("in_leads", d.n_leads)), template=str(cfg.model_kwargs.get("template", d.template)))
 
 
 def beat_model_kwargs(cfg: TrainConfig, bcfg: BeatConfig) -> dict:
     """Five classes, the config's leads, the RR head (``--model-kwargs '{"num_features": 0}'`` drops it)."""
-    return {"num_classes": len(AAMI), "in_leads": bcfg.n_leads, "num_features": len(RR_FEATURES), **cfg.model_kwargs}
+    kw = {"num_classes": len(AAMI), "num_features": len(RR_FEATURES), **cfg.model_kwargs}
+    kw.pop("template", None)  # a BeatConfig setting (beat_config), not a model argument
+    kw["in_leads"] = bcfg.channels  # the leads (and their template differences), whatever --model-kwargs said
+    return kw
 
 
 @torch.no_grad()
