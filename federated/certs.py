@@ -67,13 +67,30 @@ def make_test_certificates(folder: Path, days: int = 30, hosts: tuple[str, ...] 
     return paths
 
 
+def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
+    """An EC (NIST P-384) key pair in OpenSSH format for SuperNode authentication: the private key stays
+    on the hospital's node (``flower-supernode --auth-supernode-private-key``), the public key is
+    registered with the federation (``flwr supernode register KEY.pub <superlink> --name NAME``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = folder / f"{name}.key"
+    public = folder / f"{name}.pub"
+    atomic_write_bytes(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    private.chmod(0o600)
+    atomic_write_bytes(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m federated.certs", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("certificates"))
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--host", action="append", default=None, help="host name or IP in the certificate (repeatable; default localhost, 127.0.0.1)")
+    p.add_argument("--node-key", action="append", default=[], metavar="NAME", help="also make a SuperNode key pair NAME.key/NAME.pub (repeatable)")
     args = p.parse_args(argv)
     paths = make_test_certificates(args.out, args.days, tuple(args.host or ("localhost", "127.0.0.1")))
+    for name in args.node_key:
+        paths[f"{name} key"], paths[f"{name} public key"] = make_node_key(args.out, name)
     for k, v in paths.items():
         print(f"{k:10s} {v}")
     return 0

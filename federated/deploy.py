@@ -191,7 +191,7 @@ def write_certificates(folder: Path) -> dict[str, Path]:
 
 
 def rehearse(sites: list[Path], cfg: TrainConfig, opts: DeployOptions, *, tls: bool, kill: tuple[int, int] | None,
-             restart: bool, timeout: float) -> dict:
+             restart: bool, timeout: float, node_auth: bool = False) -> dict:
     out = opts.out
     folder = out / "deploy"
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,12 +217,20 @@ def rehearse(sites: list[Path], cfg: TrainConfig, opts: DeployOptions, *, tls: b
     )
     node_security = ["--root-certificates", str(certs["ca"])] if certs else ["--insecure"]
 
+    keys: dict[int, tuple[Path, Path]] = {}
+    if node_auth:
+        from federated.certs import make_node_key
+
+        keys = {i: make_node_key(folder / "node-keys", f"node-{i}") for i in range(len(sites))}
+        security = [*security, "--enable-supernode-auth"]
+
     def node_cmd(i: int, site: Path) -> list[str]:
         cfg_str = f'data-path="{site.resolve()}" name="{site.name}" partition-id={i}'
         if cfg.cache_dir:
             cfg_str += f' cache-dir="{Path(cfg.cache_dir).resolve()}"'
+        auth = ["--auth-supernode-private-key", str(keys[i][0])] if i in keys else []
         return [
-            "flower-supernode", *node_security, "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
+            "flower-supernode", *node_security, *auth, "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
             "--node-config", cfg_str, "--max-wait-time", str(int(timeout)),
         ]
 
@@ -230,6 +238,14 @@ def rehearse(sites: list[Path], cfg: TrainConfig, opts: DeployOptions, *, tls: b
         sl = fed.start("superlink", ["flower-superlink", *security, "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"])
         wait_for_port(port, sl, "the SuperLink", folder / "superlink.log")
         log.info("SuperLink on 127.0.0.1:%d (%s)", port, "TLS, test CA" if certs else "insecure, loopback only")
+        for i, (_, public) in keys.items():
+            # Node authentication: only SuperNodes whose public key the federation registered may connect.
+            reg = subprocess.run(
+                ["flwr", "supernode", "register", str(public), CONNECTION, "--name", sites[i].name],
+                env=env, capture_output=True, text=True, timeout=120,
+            )
+            if reg.returncode != 0:
+                raise DeployError(f"registering SuperNode {i}'s key failed: {(reg.stdout + reg.stderr).strip()[-800:]}")
         for i, site in enumerate(sites):
             fed.start(f"node-{i}", node_cmd(i, site))
             log.info("SuperNode %d: %s (log %s)", i, site, folder / f"node-{i}.log")
@@ -325,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-timeout", type=float, default=300.0, help="seconds a round waits for a node's reply")
     p.add_argument("--update-dtype", choices=("float32", "float16"), default="float32", help="precision of the updates nodes send")
     p.add_argument("--secagg", action="store_true", help="Flower's SecAgg+ protocol: the server learns only the sum of the updates")
+    p.add_argument("--node-auth", action="store_true", help="SuperNode authentication: a key pair per node, registered with the SuperLink")
     p.add_argument("--kill-node", type=int, default=None, help="fault rehearsal: SIGKILL this SuperNode (0-based)...")
     p.add_argument("--kill-after-round", type=int, default=1, help="...once this round is done")
     p.add_argument("--restart-node", action="store_true", help="...and start it again one round later")
@@ -356,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics = simulate(args.sites, cfg, opts)
         else:
             kill = (args.kill_node, args.kill_after_round) if args.kill_node is not None else None
-            metrics = rehearse(args.sites, cfg, opts, tls=args.tls, kill=kill, restart=args.restart_node, timeout=args.timeout)
+            metrics = rehearse(
+                args.sites, cfg, opts, tls=args.tls, kill=kill, restart=args.restart_node, timeout=args.timeout, node_auth=args.node_auth,
+            )
     except (DeployError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from federated.flower_apps import app as client_app, load_arrays, nan_aware_aver
 from federated.metrics import tune_thresholds
 from federated.outputs import make_checkpoint, model_kwargs
 from federated.partition import partition, partition_by_site
+from federated import progress_hook
 from federated.plan import ClientPlan, write_plan
 from federated.attacks import attack_config, attack_summary, f_assumed
 from federated.personalize import personalize
@@ -271,6 +272,7 @@ def make_server_app(
                 "selected_by": SELECT_KEY, "dp_rounds": state["dp_rounds"],
             }
             save_checkpoint(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, progress, []))
+            progress_hook.report(rnd, s)  # a hyperparameter search listening prunes here (federated.tune)
             return MetricRecord({"val_loss": float(val_loss), "val_macro_auroc": float(s if math.isfinite(s) else 0.0)})
 
         strategy = build_strategy(cfg.strategy, len(plans), cfg.proximal_mu, on_evaluate, on_train, num_malicious=f_assumed(cfg), cfg=cfg)
