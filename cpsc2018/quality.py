@@ -66,7 +66,10 @@ Measured on the 2,648 12-lead records of the shared folder (PTB-XL at 100 Hz): 8
 usable with warnings, 0.3 % (8) unusable: six flat leads (2), a saturated limb-lead set (1), and noisy
 leads in 5 records, 3 of which are paced: pacemaker spikes put high frequencies outside the QRS and
 read as noise (paced rhythms are outside the six findings anyway). 4.7 ms per record of 10 s at 100 Hz
-(CPU time, one thread), 8 ms at 500 Hz.
+(CPU time, one thread), 8 ms at 500 Hz. Against PTB-XL's own quality annotations (2,386 records) the
+check agrees only on baseline drift: 50 % of the records annotated with drift are not "good", against
+10 % of the others; records annotated with static noise are not flagged more often than the rest (13 %
+vs 14 %; PTB-XL marks mild noise that does not hide the beats), electrode problems 3 of 8.
 """
 
 from __future__ import annotations
