@@ -149,3 +149,34 @@ def test_evaluate_folder_without_beats_is_one_line_error(tmp_path: Path, few_rec
     assert evaluate_main(["--model-file", str(tmp_path / "m.pt"), "--data", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no beat-annotated record" in err[0] and "empty" in err[0]
+
+
+@pytest.mark.parametrize("name", ["beatnet", "rnn_attention"])
+def test_beat_models_take_rr_features_and_export(name: str, few_records: Path, tmp_path: Path):
+    """Both registry models for beats: five classes, the beat channels, the RR head; the ONNX graph
+    (softmax, inputs ecg + features) matches torch on real beats."""
+    import torch
+
+    from export.onnx_export import export_fp32
+    from export.runtime import OnnxPredictor
+    from federated.beats.data import load_beat_data
+    from federated.beats.train import beat_model_kwargs, make_beat_checkpoint
+    from federated.config import TrainConfig
+    from resnet1d import create_model
+
+    cfg = TrainConfig(task="beats", model=name)
+    data = load_beat_data(few_records, progress=False, only=["119"])
+    kw = beat_model_kwargs(cfg, data.cfg)
+    assert kw["num_classes"] == 5 and kw["in_leads"] == data.cfg.channels and kw["num_features"] == 7
+    torch.manual_seed(0)
+    model = create_model(name, **kw).eval()
+    fit = {"model": model, "model_name": name, "kwargs": kw, "best_epoch": 0, "history": []}
+    ckpt = make_beat_checkpoint(cfg, data, fit, {"train_records": ["119"], "val_records": []}, {})
+    wrapped = export_fp32(ckpt, tmp_path / "m.onnx", data.cfg.window_samples)
+    rb = data.records["119"]
+    x, rr = rb.windows[:64], rb.rr[:64]
+    with torch.no_grad():
+        ref = wrapped(torch.from_numpy(x), torch.from_numpy(rr)).numpy()
+    got = OnnxPredictor(str(tmp_path / "m.onnx")).predict_windows(x, features=rr)
+    assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5)  # softmax over the five AAMI classes
+    assert np.abs(ref - got).max() < 1e-4
