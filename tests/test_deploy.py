@@ -89,10 +89,10 @@ def test_deployment_three_nodes_bad_folder_resume_float16(sites, cache, tmp_path
     assert not _alive_with(str(sites["a"]))
 
 
-def test_deployment_tls_secagg_with_a_node_killed(sites, cache, tmp_path):
+def test_deployment_tls_node_auth_secagg_with_a_node_killed(sites, cache, tmp_path):
     out = tmp_path / "run"
     code = deploy.main([
-        "--sites", str(sites["a"]), str(sites["b"]), str(sites["c"]), "--rounds", "2", "--tls", "--secagg",
+        "--sites", str(sites["a"]), str(sites["b"]), str(sites["c"]), "--rounds", "2", "--tls", "--node-auth", "--secagg",
         "--kill-node", "2", "--kill-after-round", "1", "--min-nodes", "2", "--round-timeout", "120",
         "--out", str(out), "--cache-dir", str(cache), *TINY,
     ])
@@ -103,6 +103,8 @@ def test_deployment_tls_secagg_with_a_node_killed(sites, cache, tmp_path):
     # TLS: the SuperLink ran with the test CA's certificate (it warns when started with --insecure).
     assert "Option `--insecure`" not in (out / "deploy" / "superlink.log").read_text()
     assert "root-certificates" in (out / "deploy" / "flwr-home" / "config.toml").read_text()
+    # Node authentication: each SuperNode's public key was registered before it connected.
+    assert (out / "deploy" / "superlink.log").read_text().count("RegisterNode] Created node_id") == 3
     assert not _alive_with(str(sites["c"]))
 
 
