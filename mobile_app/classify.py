@@ -97,7 +97,7 @@ def load_classifier(model: Path) -> Classifier:
 _worker: dict = {}
 
 
-def _init_worker(model: str, keep_unusable: bool) -> None:
+def _init_worker(model: str, keep_unusable: bool, json_too: bool = False) -> None:
     try:  # one thread per process: the processes are the parallelism
         from threadpoolctl import threadpool_limits
 
@@ -112,6 +112,7 @@ def _init_worker(model: str, keep_unusable: bool) -> None:
         pass
     _worker["clf"] = load_classifier(Path(model))
     _worker["keep"] = keep_unusable
+    _worker["json"] = json_too  # the full result is built and sent back only when it is written
 
 
 def _score_entry(entry) -> tuple[dict, dict | None]:
@@ -131,7 +132,7 @@ def _score_entry(entry) -> tuple[dict, dict | None]:
     except Exception as exc:  # a table of thousands must not stop on one record: say what happened
         row["error"] = f"unexpected error: {type(exc).__name__}: {exc}"
         return row, None
-    return _row(r, row, _worker["keep"]), _json(r)
+    return _row(r, row, _worker["keep"]), (_json(r) if _worker["json"] else None)
 
 
 def _row(r: Result, row: dict, keep_unusable: bool) -> dict:
@@ -192,11 +193,11 @@ def predict_folder(model: Path, data: Path, out: Path, *, workers: int = 2, json
     full: list[dict] = []
     items = list(cat.entries)
     if workers <= 1:
-        _init_worker(str(model), keep_unusable)
+        _init_worker(str(model), keep_unusable, json_too)
         results = map(_score_entry, items)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(model), keep_unusable))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(model), keep_unusable, json_too))
         results = pool.map(_score_entry, items, chunksize=16)
     try:
         for row, js in tqdm(results, total=len(items), desc="classifying", unit="rec", disable=not progress):
