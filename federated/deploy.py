@@ -249,14 +249,14 @@ def rehearse(sites: list[Path], cfg: TrainConfig, opts: DeployOptions, *, tls: b
         for i, site in enumerate(sites):
             fed.start(f"node-{i}", node_cmd(i, site))
             log.info("SuperNode %d: %s (log %s)", i, site, folder / f"node-{i}.log")
-        watcher = threading.Thread(target=_watch, args=(fed, out, kill, restart, node_cmd, sites), daemon=True)
+        deadline = time.time() + timeout
+        watcher = threading.Thread(target=_watch, args=(fed, out, kill, restart, node_cmd, sites, deadline), daemon=True)
         watcher.start()
         cmd = ["flwr", "run", str(APP_DIR), CONNECTION, "--run-config", str(rc_file), "--stream"]
         log.info("flwr run: %d rounds, %s, min %d nodes", cfg.rounds, cfg.strategy, opts.min_nodes)
         with open(folder / "run.log", "ab") as f:
             run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             fed.procs["flwr-run"] = run
-            deadline = time.time() + timeout
             assert run.stdout is not None
             for line in iter(run.stdout.readline, b""):
                 f.write(line)
@@ -264,9 +264,9 @@ def rehearse(sites: list[Path], cfg: TrainConfig, opts: DeployOptions, *, tls: b
                 text = line.decode(errors="replace").rstrip()
                 if text and _worth_showing(text):
                     print(text, flush=True)
-                if time.time() > deadline:
-                    raise DeployError(f"the run did not finish within {timeout:.0f} s; logs in {folder}")
             run.wait()
+        if time.time() > deadline:
+            raise DeployError(f"the run did not finish within {timeout:.0f} s (--timeout); stopped it; logs in {folder}")
         if not (out / "metrics.json").exists():
             raise DeployError(f"the run ended without metrics.json; see {folder / 'run.log'} and the node logs:\n{tail(folder / 'run.log')}")
         return json.loads((out / "metrics.json").read_text())
@@ -279,11 +279,16 @@ def _worth_showing(text: str) -> bool:
     return any(k in text for k in keys)
 
 
-def _watch(fed: Federation, out: Path, kill, restart: bool, node_cmd, sites) -> None:
-    """Remember the processes' children; inject the requested fault (kill a node after a round)."""
+def _watch(fed: Federation, out: Path, kill, restart: bool, node_cmd, sites, deadline: float) -> None:
+    """Remember the processes' children; inject the requested fault (kill a node after a round); stop
+    ``flwr run`` at the deadline (a silent hang would otherwise never end)."""
     killed_at = None
     while True:
         fed.remember_children()
+        run = fed.procs.get("flwr-run")
+        if run is not None and run.poll() is None and time.time() > deadline:
+            log.error("time limit reached: stopping the run")
+            _signal(run.pid, signal.SIGTERM)
         if kill is not None:
             node, after = kill
             rnd = _rounds_done(out)

@@ -127,3 +127,42 @@ def test_secagg_aggregate_matches_fedavg(sites, cache, tmp_path):
     assert step > 50 * diff, (step, diff)
     assert np.isclose(json.loads((tmp_path / "secagg" / "metrics.json").read_text())["test"]["records"],
                       json.loads((tmp_path / "plain" / "metrics.json").read_text())["test"]["records"])
+
+
+def test_pooled_histogram_metrics_match_per_record_metrics():
+    """The server's pooled figures (from summed per-node score histograms) against the exact per-record ones."""
+    from federated.deployment import pooled_from_histograms
+    from federated.flower_apps import score_histograms
+    from federated.metrics import multilabel_metrics, tune_thresholds
+
+    rng = np.random.default_rng(0)
+    labels = ["AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC"]
+    y = (rng.random((400, 6)) < 0.15).astype(int)
+    probs = np.clip(0.35 * y + rng.beta(2, 5, size=y.shape), 0, 1)
+    nodes = np.array_split(np.arange(400), 3)  # three nodes, each sends its own histograms
+    pos = neg = 0
+    for idx in nodes:
+        p_, n_ = score_histograms(y[idx], probs[idx])
+        pos, neg = pos + np.asarray(p_).reshape(6, -1), neg + np.asarray(n_).reshape(6, -1)
+    pooled, thresholds = pooled_from_histograms(pos, neg, labels, None)
+    exact = multilabel_metrics(y, probs, labels, tune_thresholds(y, probs))
+    for name in labels:
+        assert abs(pooled["per_class"][name]["auroc"] - exact["per_class"][name]["auroc"]) < 0.005
+        assert abs(pooled["per_class"][name]["f1"] - exact["per_class"][name]["f1"]) < 0.02
+        assert pooled["per_class"][name]["positives"] == exact["per_class"][name]["positives"]
+    assert pooled["subset_accuracy"] is None  # needs per-record labels, which the server never gets
+
+
+def test_bad_rehearsal_input_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        deploy.main(["--sites", str(tmp_path / "nowhere"), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "site folder(s) not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        deploy.main(["--sites", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "at least 2 site folders" in capsys.readouterr().err
+    from federated.deployment import config_from_run
+
+    with pytest.raises(ValueError, match="run config needs out"):
+        config_from_run({"rounds": 2})
+    with pytest.raises(ValueError, match="update-dtype"):
+        config_from_run({"out": str(tmp_path), "update-dtype": "int8"})
