@@ -115,6 +115,17 @@ def test_predict_with_a_checkpoint(data_dir, tmp_path):
     assert main(["--data", str(d), "--out", str(out), "--model", str(path), "--workers", "1"]) == 0
     rows = _rows(out)
     assert len(rows) == 2 and all(r["error"] == "" and 0 <= float(r["p_RBBB"]) <= 1 for r in rows)
+    # The same network as an fp32 ONNX file gives the same table (torch vs onnxruntime parity).
+    from export.onnx_export import export_fp32
+
+    onnx_path = tmp_path / "tiny.onnx"
+    export_fp32(ckpt, onnx_path, 2500)
+    out2 = tmp_path / "onnx.csv"
+    assert main(["--data", str(d), "--out", str(out2), "--model", str(onnx_path), "--workers", "1"]) == 0
+    for a, b in zip(rows, _rows(out2)):
+        assert a["record"] == b["record"] and a["quality"] == b["quality"]
+        for n in ("AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC"):
+            assert abs(float(a[f"p_{n}"]) - float(b[f"p_{n}"])) < 1e-3
 
 
 def test_bad_model_and_missing_out(folder, tmp_path, capsys):
