@@ -55,10 +55,10 @@ Record checks:
   classic sign of the swap (Batchvarov, Malik and Camm, Europace 9:1081, 2007; also seen in
   dextrocardia, which the message names). Measured on the median beat (QRS: +-60 ms around the beat,
   less the PR segment; P wave: 120-220 ms before it, less the 260-300 ms baseline). Requiring the P
-  wave keeps extreme right axis deviation (negative QRS in I, upright sinus P) out: on 254 unmodified
-  shared records 0.8 % were flagged, on the same records with I/II/III/aVR/aVL rewritten as an arm
-  swap (I -> -I, II <-> III, aVR <-> aVL) 71 %; the rest had too small a QRS in lead I to tell. A
-  warning: the leads' labels are probably wrong.
+  wave keeps extreme right axis deviation (negative QRS in I, upright sinus P) out: 38 of the 2,648
+  unmodified shared records (1.4 %) are flagged; of every tenth record rewritten as an arm swap
+  (I -> -I, II <-> III, aVR <-> aVL), 67 % (of 263); the rest had too small a QRS or P wave in lead I
+  to tell. A warning: the leads' labels are probably wrong.
 
 Thresholds are fixed defaults, not fitted to the classifier's data; they can be passed explicitly.
 
