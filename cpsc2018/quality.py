@@ -65,8 +65,9 @@ Thresholds are fixed defaults, not fitted to the classifier's data; they can be 
 Measured on the 2,648 12-lead records of the shared folder (PTB-XL at 100 Hz): 86.0 % good, 13.7 %
 usable with warnings, 0.3 % (8) unusable: six flat leads (2), a saturated limb-lead set (1), and noisy
 leads in 5 records, 3 of which are paced: pacemaker spikes put high frequencies outside the QRS and
-read as noise (paced rhythms are outside the six findings anyway). 4.7 ms per record of 10 s at 100 Hz
-(CPU time, one thread), 8 ms at 500 Hz. Against PTB-XL's own quality annotations (2,386 records) the
+read as noise (paced rhythms are outside the six findings anyway). Cost: 5-6 ms of CPU per 10 s record
+at 100 Hz, 8-10 ms at 500 Hz (one thread, Intel Xeon with AVX512-VNNI, a machine loaded by other jobs),
+about as much as the whole model (6-12 ms); half of it is the beat detector, which the features run too. Against PTB-XL's own quality annotations (2,386 records) the
 check agrees only on baseline drift: 50 % of the records annotated with drift are not "good", against
 10 % of the others; records annotated with static noise are not flagged more often than the rest (13 %
 vs 14 %; PTB-XL marks mild noise that does not hide the beats), electrode problems 3 of 8.
