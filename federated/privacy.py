@@ -231,8 +231,11 @@ def wrap_server_dp(strategy: "Strategy", n_clients: int, *, noise_multiplier: fl
     )
 
     if adaptive:
+        # Flower's default noise on the clip count (n/20) must exceed z/2 (Andrew et al.) and does not
+        # with a few hospitals; sigma_b = z keeps the update noise at z / sqrt(1 - 1/4) = 1.15 z.
         return DifferentialPrivacyServerSideAdaptiveClipping(
             strategy, noise_multiplier, n_clients, initial_clipping_norm=clipping_norm,
+            clipped_count_stddev=max(n_clients / 20, noise_multiplier),
         )
     return DifferentialPrivacyServerSideFixedClipping(strategy, noise_multiplier, clipping_norm, n_clients)
 
