@@ -220,7 +220,7 @@ def run_all(args: argparse.Namespace) -> dict:
         except ValueError as exc:
             if "NaN" in str(exc):  # the model's outputs became NaN (heavy DP noise): a result, not a crash
                 results["cells"][key] = {"section": section, "seed": seed, "config": o, "diverged": str(exc), "f1": None, "auroc": None}
-            elif o.get("strategy") == "bulyan":  # Bulyan's 4f + 3 condition: a refusal to report
+            elif o.get("strategy") == "bulyan" or "Dirichlet partition left" in str(exc):  # refusals to report
                 results["cells"][key] = {"section": section, "seed": seed, "config": o, "refused": str(exc)}
             else:
                 raise

@@ -74,8 +74,9 @@ def partition_iid(entries: Sequence[E], n_clients: int, seed: int = 0) -> tuple[
 
 
 def partition_dirichlet(
-    entries: Sequence[E], n_clients: int, alpha: float, seed: int = 0, label_set: str = "six"
+    entries: Sequence[E], n_clients: int, alpha: float, seed: int = 0, label_set: str = "six", allow_empty: bool = False
 ) -> tuple[dict[str, list[E]], list[str]]:
+    """``allow_empty``: a client may end up without records (its validation part under strong skew)."""
     if n_clients < 1 or alpha <= 0:
         raise ValueError(f"need --clients >= 1 and --alpha > 0, got {n_clients} and {alpha}")
     rng = np.random.default_rng(seed)
@@ -96,13 +97,14 @@ def partition_dirichlet(
                 clients[names[k]].extend(gs[i])
     log = [f"Dirichlet(alpha={alpha}) label-skew partition over {n_clients} clients"]
     empty = [c for c, v in clients.items() if not v]
-    if empty:
+    if empty and not allow_empty:
         raise ValueError(f"Dirichlet partition left client(s) {', '.join(empty)} without records; raise --alpha or lower --clients")
     return clients, log
 
 
 def partition(
-    entries: Sequence[E], scheme: str, *, n_clients: int | None, alpha: float = 0.5, seed: int = 0, label_set: str = "six"
+    entries: Sequence[E], scheme: str, *, n_clients: int | None, alpha: float = 0.5, seed: int = 0, label_set: str = "six",
+    allow_empty: bool = False,
 ) -> tuple[dict[str, list[E]], list[str]]:
     if scheme == "site":
         return partition_by_site(entries, n_clients)
@@ -111,5 +113,5 @@ def partition(
     if scheme == "iid":
         return partition_iid(entries, n_clients, seed)
     if scheme == "dirichlet":
-        return partition_dirichlet(entries, n_clients, alpha, seed, label_set)
+        return partition_dirichlet(entries, n_clients, alpha, seed, label_set, allow_empty)
     raise ValueError(f"unknown partition {scheme!r}; expected site, iid or dirichlet")

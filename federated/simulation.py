@@ -118,7 +118,8 @@ def client_plans(cfg: TrainConfig, exp: Experiment) -> tuple[list[ClientPlan], l
     val = [exp.entries[i] for i in exp.split["val"]]
     pos = {e.key: i for i, e in enumerate(exp.entries)}
     clients, notes = partition(train, cfg.partition, n_clients=cfg.clients, alpha=cfg.alpha, seed=cfg.seed, label_set=cfg.labels)
-    vclients, _ = partition(val, cfg.partition, n_clients=cfg.clients, alpha=cfg.alpha, seed=cfg.seed + 1, label_set=cfg.labels)
+    # A client without validation records of its own is fine (the server validates on the pooled records).
+    vclients, _ = partition(val, cfg.partition, n_clients=cfg.clients, alpha=cfg.alpha, seed=cfg.seed + 1, label_set=cfg.labels, allow_empty=True)
     plans = [
         ClientPlan(name, [pos[e.key] for e in members], [pos[e.key] for e in vclients.get(name, [])])
         for name, members in clients.items()
