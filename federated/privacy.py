@@ -247,7 +247,7 @@ def dp_client_config(cfg: "TrainConfig", dp_rounds: int) -> dict:
     return {"dp": "local", "epsilon": float(cfg.epsilon), "delta": float(cfg.delta), "max-grad-norm": float(cfg.max_grad_norm), "dp-rounds": int(dp_rounds)}
 
 
-def privacy_summary(cfg: "TrainConfig", history: list[dict], client_names: list[str]) -> dict:
+def privacy_summary(cfg: "TrainConfig", history: list[dict], client_names: list[str], per_client: list[dict] | None = None) -> dict:
     """What metrics.json records about privacy: the guarantee, its assumptions, and what was spent."""
     if cfg.dp == "none":
         return {"privacy": {"dp": "none"}}
@@ -256,8 +256,8 @@ def privacy_summary(cfg: "TrainConfig", history: list[dict], client_names: list[
         return {"privacy": {
             "dp": "local", "level": "record (DP-SGD per client)", "accountant": "Opacus RDP",
             "budget": {"epsilon": cfg.epsilon, "delta": cfg.delta}, "max_grad_norm": cfg.max_grad_norm,
-            "spent_per_client": last.get("dp_epsilon", {}),
-            "per_round": [{"round": h.get("round"), "epsilon": h.get("dp_epsilon")} for h in history],
+            "spent_per_client": per_client[-1]["epsilon"] if per_client else {},
+            "per_round": per_client or [],
         }}
     return {"privacy": {
         "dp": "central", "level": "client (server-side clipping and noise)", "accountant": "Opacus RDP, sampling rate 1, one step per round",

@@ -167,7 +167,7 @@ def run_federated(cfg: TrainConfig, exp: Experiment, out: Path, *, in_process: b
     metrics = finish(cfg, exp, out, last.progress["history"], exp.split["test"], None, x_key="round")
     metrics["clients"] = last.progress.get("clients", {})
     metrics["partition"] = {"scheme": cfg.partition, "notes": notes, "clients": {p.name: {"train": len(p.train), "val": len(p.val)} for p in plans}}
-    metrics.update(privacy_summary(cfg, last.progress["history"], [p.name for p in plans]))
+    metrics.update(privacy_summary(cfg, last.progress["history"], [p.name for p in plans], last.progress.get("dp_per_round", [])))
     metrics.update(attack_summary(cfg, [p.name for p in plans]))
     metrics["wall_seconds"] = round(wall, 2)
     if grid is not None:
@@ -209,7 +209,7 @@ def make_server_app(
         model = create_model(cfg.model, **kwargs)
         # dp_rounds: the rounds DP-SGD noise was calibrated for, kept on resume (a longer resumed run
         # then meets the clients' budget check instead of silently recalibrating).
-        state = {"offset": 0, "best": {"score": -math.inf, "round": 0}, "clients": {}, "train_loss": math.nan, "dp_rounds": cfg.rounds}
+        state = {"offset": 0, "best": {"score": -math.inf, "round": 0}, "clients": {}, "train_loss": math.nan, "dp_rounds": cfg.rounds, "dp_per_round": []}
         last_path = out / "last.pt"
         strategy_box: dict = {}
 
@@ -252,9 +252,11 @@ def make_server_app(
                 "round": rnd, "train_loss": state["train_loss"], "val_loss": val_loss,
                 "val_macro_f1": m["macro"]["f1"], "val_macro_auroc": m["macro"]["auroc"],
             }
-            if cfg.dp == "local":
-                row["dp_epsilon"] = dict(state.get("dp_epsilon", {}))
-                log.info("round %d: DP-SGD epsilon spent per client (delta %g): %s", rnd, cfg.delta, row["dp_epsilon"])
+            if cfg.dp == "local":  # the history keeps the largest; metrics.json every client's
+                per = dict(state.get("dp_epsilon", {}))
+                row["dp_epsilon"] = max(per.values()) if per else math.nan
+                state["dp_per_round"].append({"round": rnd, "epsilon": per})
+                log.info("round %d: DP-SGD epsilon spent per client (delta %g): %s", rnd, cfg.delta, per)
             elif cfg.dp == "central":
                 from federated.privacy import central_dp_epsilon
 
@@ -270,7 +272,7 @@ def make_server_app(
             progress = {
                 "round": rnd, "history": list(history), "best": state["best"], "clients": state["clients"],
                 "strategy_state": {k: getattr(strat, k) for k in STRATEGY_STATE if getattr(strat, k, None) is not None},
-                "selected_by": SELECT_KEY, "dp_rounds": state["dp_rounds"],
+                "selected_by": SELECT_KEY, "dp_rounds": state["dp_rounds"], "dp_per_round": state["dp_per_round"],
             }
             save_checkpoint(last_path, make_checkpoint(model, cfg, exp, kwargs, thresholds, {"val": m}, progress, []))
             progress_hook.report(rnd, s)  # a hyperparameter search listening prunes here (federated.tune)
@@ -283,7 +285,7 @@ def make_server_app(
             check_resume_compatible(ckpt.config, cfg, last_path)
             model.load_state_dict(ckpt.state_dict)
             p = ckpt.progress
-            state.update(offset=int(p["round"]), best=p["best"], clients=p.get("clients", {}), dp_rounds=p.get("dp_rounds", cfg.rounds))
+            state.update(offset=int(p["round"]), best=p["best"], clients=p.get("clients", {}), dp_rounds=p.get("dp_rounds", cfg.rounds), dp_per_round=p.get("dp_per_round", []))
             history[:] = p["history"]
             for k, v in p.get("strategy_state", {}).items():
                 setattr(strategy, k, v)
