@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -84,7 +85,8 @@ def section(rows: list[tuple[str, dict]], args) -> str:
         "the same seed. Figures are pooled over the nodes' held-out records (from the nodes' score histograms) "
         "at the round with the best pooled validation AUROC. The deployment engine runs a real SuperLink and one "
         "SuperNode per site as processes on 127.0.0.1 (insecure loopback); its wall time includes starting "
-        "them and one `flwr-clientapp` process per message.",
+        "them and one `flwr-clientapp` process per message. Load average when it ended: "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (times are upper bounds when the machine is shared).",
         "",
         "| configuration | held-out macro F1 | held-out macro AUROC | best round | MB sent by nodes per round | MB sent to nodes per round | s per round | wall time (s) |",
         "|---|---|---|---|---|---|---|---|",
