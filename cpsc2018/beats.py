@@ -74,8 +74,8 @@ class BeatConfig:
     # 1: MLII only, the lead every MIT-BIH record except the paced 102 and 104 has (and the lead of most
     # single-lead devices). 2: MLII and the record's other lead, which is V1 in most DS1 records but V2,
     # V4 or V5 in several DS2 ones (100, 103, 117, 123, ...), so a model trained on V1 meets another
-    # lead at test time. On the two hardest CV folds (benchmarks/results/beats.md) the two were within
-    # noise of each other (mean macro F1 0.435 for MLII vs 0.411 for two leads); MLII is the default.
+    # lead at test time. In 5-fold CV on DS1 (benchmarks/results/beats.md) two leads scored macro F1
+    # 0.467 +- 0.105 against MLII's 0.445 +- 0.090: within noise; MLII is the default for that reason.
     n_leads: int = 1
     primary_lead: str = "MLII"
     # As the 12-lead PreprocessConfig: 0.5 Hz removes baseline wander, 40 Hz EMG and mains; zero-phase
