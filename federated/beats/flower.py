@@ -36,9 +36,9 @@ from cpsc2018.beats import BeatConfig
 from cpsc2018.labels import AAMI
 from cpsc2018.util import atomic_write_text
 from federated.beats.data import BeatData, beat_loader, class_weights, load_beat_data
-from federated.beats.metrics import beat_metrics, format_beat_table
+from federated.beats.metrics import format_beat_table
 from federated.beats.train import (
-    beat_model_kwargs, beat_model_name, client_groups, make_beat_checkpoint, predict_beats, score, validation_split, write_outputs,
+    beat_model_kwargs, beat_model_name, client_groups, make_beat_checkpoint, score, validation_split, write_outputs,
 )
 from federated.checkpoint import save_checkpoint
 from federated.config import TrainConfig
@@ -241,6 +241,3 @@ def run_federated_beats(cfg: TrainConfig, data: BeatData, out: Path) -> dict:
         log.info("validation records %s (best round %d):\n%s", ", ".join(val), fit["best_epoch"], format_beat_table(fit["val"]))
     write_json(out / "metrics.json", metrics)
     return metrics
-
-
-__all__ = ["beats_evaluate", "beats_train", "federated_model", "predict_beats", "run_federated_beats", "simulate", "beat_metrics"]

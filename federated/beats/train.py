@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cpsc2018.beat_dataset import BeatDataset
-from cpsc2018.beats import RR_FEATURES, BeatConfig, patient_folds
+from cpsc2018.beats import RR_FEATURES, BeatConfig, patient_folds, patient_of
 from cpsc2018.labels import AAMI
 from federated.beats.data import BeatData, BeatDataError, beat_loader, class_weights, load_beat_data, patients
 from federated.beats.metrics import beat_metrics, format_beat_table
@@ -203,8 +203,6 @@ def client_groups(data: BeatData, names: list[str], n_clients: int | None, seed:
     if n_clients is None:
         groups: dict[str, list[str]] = {}
         for n in sorted(names):
-            from cpsc2018.beats import patient_of
-
             groups.setdefault(f"patient-{patient_of(n)}", []).append(n)
         return groups
     n_pat = len(patients(names))
