@@ -8,10 +8,10 @@ times that drove each positive finding. A fused pipeline (network metadata with 
 :mod:`mobile_app.inference`) prints the parts beside the fused, calibrated probability; a missing or
 mismatched feature model is an error naming the file (exit status 2).
 
-A folder (``--data DIR --out FILE``; also ``ecg-lite predict``): every record under DIR (the project's
-catalog: WFDB, original CPSC2018 .mat, native PTB-XL read at the model's recorded rate, MIT-BIH) goes
-through the same :class:`mobile_app.inference.Classifier` the app uses, in ``--workers`` processes with a
-progress bar, into one CSV row per record: record, source (site), path, sampling rate, duration,
+A folder (``--data DIR --out FILE``; also ``ecg-lite predict``): every record under DIR (what the
+catalog's scan finds: WFDB, original CPSC2018 .mat, native PTB-XL read at the model's recorded rate,
+MIT-BIH), read once in ``--workers`` processes and passed through the same
+:class:`mobile_app.inference.Classifier` the app uses, with a progress bar, into one CSV row per record: record, source (site), path, sampling rate, duration,
 quality verdict and the leads it flagged, each class's calibrated probability and 0/1 decision, the
 positive findings, and ``error`` for a file that could not be read or classified (listed, never a
 crash). An unusable recording (quality verdict) gets its verdict and reasons but empty probability
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsc2018.readers import read_any
+from cpsc2018.records import Record
 from mobile_app.inference import DEFAULT_MODEL, Classifier, ClassifyError, Result
 
 
@@ -115,21 +117,47 @@ def _init_worker(model: str, keep_unusable: bool, json_too: bool = False) -> Non
     _worker["json"] = json_too  # the full result is built and sent back only when it is written
 
 
-def _score_entry(entry) -> tuple[dict, dict | None]:
-    """One catalog entry -> (CSV row, full JSON or None). Every failure is a row with ``error``."""
-    from cpsc2018.catalog import load
+def read_candidate(kind: str, path: str, ecg_id: int | None, rate: int) -> Record:
+    """One item of the catalog's enumeration (``cpsc2018.catalog._candidates``), read as ``scan`` reads it:
+    a file through :func:`cpsc2018.readers.read_any` (WFDB, MIT-BIH, original CPSC2018 .mat), a PTB-XL
+    recording by its id at ``rate`` (the other rate where only that one exists)."""
+    from cpsc2018.readers import read_ptbxl
     from cpsc2018.records import RecordError
 
+    if kind == "error":
+        raise RecordError(path, "PTB-XL table cannot be read")
+    if kind == "orphan":
+        raise RecordError(path, "signal file without a header (.hea)")
+    if kind in ("ptbxl", "ptbxl-other-rate"):
+        return read_ptbxl(path, int(ecg_id), rate=rate if kind == "ptbxl" else (100 if rate == 500 else 500))
+    return read_any(path)
+
+
+def _score_candidate(item: tuple[str, str, int | None, int]) -> tuple[dict, dict | None]:
+    """Read and classify one candidate -> (CSV row, full JSON or None). Every failure is a row with ``error``.
+    Reading happens here, in the worker processes: the folder is read once, in parallel (a catalog scan
+    first would read every record twice, the first time on one core)."""
+    from cpsc2018.records import RecordError
+
+    kind, path, ecg_id, _ = item
     clf: Classifier = _worker["clf"]
-    row = {"record": entry.record_id, "source": entry.site, "path": entry.path, "fs": f"{entry.fs:g}",
-           "duration_s": f"{entry.duration_s:.2f}"}
+    name = Path(path).name if ecg_id is None else f"{Path(path).name}/{ecg_id}"
+    row: dict = {"record": name, "source": "", "path": path}
     try:
-        rec = load(entry)
-        r = clf.classify_record(rec, display=False)
-    except (RecordError, ClassifyError) as exc:
-        row["error"] = str(exc) if isinstance(exc, ClassifyError) else f"cannot read: {exc.problem}"
+        rec = read_candidate(*item)
+    except RecordError as exc:
+        row["error"] = f"cannot read: {exc.problem}"
         return row, None
-    except Exception as exc:  # a table of thousands must not stop on one record: say what happened
+    except Exception as exc:  # a table of thousands must not stop on one file: say what happened
+        row["error"] = f"cannot read: unexpected {type(exc).__name__}: {exc}"
+        return row, None
+    row.update(record=rec.record_id, source=rec.site, path=str(rec.path), fs=f"{rec.fs:g}", duration_s=f"{rec.duration_s:.2f}")
+    try:
+        r = clf.classify_record(rec, display=False)
+    except ClassifyError as exc:
+        row["error"] = str(exc)
+        return row, None
+    except Exception as exc:
         row["error"] = f"unexpected error: {type(exc).__name__}: {exc}"
         return row, None
     return _row(r, row, _worker["keep"]), (_json(r) if _worker["json"] else None)
@@ -176,29 +204,27 @@ def predict_folder(model: Path, data: Path, out: Path, *, workers: int = 2, json
     """Score every record under ``data`` into the CSV ``out`` (module docstring); returns a summary."""
     from tqdm import tqdm
 
-    from cpsc2018.catalog import scan
+    # The catalog's own enumeration (what ``scan`` would read), without reading: the workers read.
+    from cpsc2018.catalog import _candidates
 
     t0 = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     clf = load_classifier(model)  # fails early, in this process, on a bad model
     labels = list(clf.meta.labels)
     rate = int(ptbxl_rate or clf.meta.data_options.get("ptbxl_rate", 500))
-    try:
-        cat = scan(data, ptbxl_rate=rate, progress=progress)
-    except FileNotFoundError as exc:
-        raise ClassifyError(str(exc)) from None
+    if not Path(data).is_dir():
+        raise ClassifyError(f"data folder {data} does not exist or is not a folder")
+    items = [(kind, str(path), ecg_id, rate) for kind, path, ecg_id in _candidates(Path(data), rate)]
     t_scan = time.perf_counter() - t0
-    rows: list[dict] = [{"record": Path(u.path).name, "source": "", "path": u.path, "error": f"cannot read: {u.reason}"}
-                        for u in cat.unreadable]
+    rows: list[dict] = []
     full: list[dict] = []
-    items = list(cat.entries)
     if workers <= 1:
         _init_worker(str(model), keep_unusable, json_too)
-        results = map(_score_entry, items)
+        results = map(_score_candidate, items)
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(model), keep_unusable, json_too))
-        results = pool.map(_score_entry, items, chunksize=16)
+        results = pool.map(_score_candidate, items, chunksize=16)
     try:
         for row, js in tqdm(results, total=len(items), desc="classifying", unit="rec", disable=not progress):
             rows.append(row)
@@ -250,7 +276,6 @@ def _print_one(clf: Classifier, r: Result, explain: bool, record: Path) -> None:
             mark = "POSITIVE" if name in r.positives else ""
             print(f"  {name:<6} {prob:6.3f}  {pn:7.3f}  {pf:8.3f}  (threshold {thr:.3f}) {mark}")
     if explain and r.positives:
-        from cpsc2018.readers import read_any
         from mobile_app.explain import explain as run_explain
 
         rec = read_any(record)
@@ -290,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(s["verdicts"].items()))
-        print(f"{s['records']} records -> {s['out']} in {s['seconds']:.1f} s ({s['workers']} workers; scan {s['scan_seconds']:.1f} s); "
+        print(f"{s['records']} records -> {s['out']} in {s['seconds']:.1f} s ({s['workers']} workers; listing {s['scan_seconds']:.1f} s); "
               f"quality: {verdicts}; {s['errors']} with an error; model {s['model']}")
         return 0
     try:
@@ -303,7 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         d = r.to_json()
         if args.explain and r.positives and not r.withheld:
-            from cpsc2018.readers import read_any
             from mobile_app.explain import explain as run_explain
 
             rec = read_any(record)
