@@ -193,12 +193,16 @@ def run_all(args: argparse.Namespace) -> dict:
     from federated.data import DataError, prepare
 
     torch.set_num_threads(1)
-    path = RESULTS / "federated.json"
+    import federated.simulation  # noqa: F401  (imports Flower, which sets its logger's level)
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower's per-round lines, hundreds of cells
+    path = RESULTS / f"{args.results}.json"
     results = {} if args.fresh else load_results(path)
     results.setdefault("cells", {})
     results["settings"] = {
         "max_per_site": args.max_per_site, "rounds": args.rounds, "widths": args.widths, "seeds": args.seeds,
         "attack_clients": args.attack_clients, "clip_updates": args.clip_updates, "machine": machine_line(),
+        "results": args.results,
     }
     # Cell by cell, both seeds together: a study cut short still has mean +- sd for what it finished.
     todo = [(s, o, seed) for s, o in cells(args) for seed in args.seeds if key_of(s, o, seed) not in results["cells"]]
@@ -279,7 +283,7 @@ def report(results: dict) -> str:
     lines = [
         "# Federated training: privacy and robustness (issue 17)",
         "",
-        "Written by `benchmarks/federated.py` (finished cells in `federated.json`). " + s["machine"] + ".",
+        f"Written by `benchmarks/federated.py` (finished cells in `{s.get('results', 'federated')}.json`). " + s["machine"] + ".",
         "",
         f"Setup: every site sampled to at most {s['max_per_site']} records (seeded), patient split 70/15/15 per seed "
         f"({'; '.join(f'seed {k}: ' + ', '.join(f'{a} {b}' for a, b in v.items()) for k, v in sorted(data.items()))}); "
@@ -348,14 +352,18 @@ def report(results: dict) -> str:
                   "the privacy-utility reference); client-level server-side DP (`--dp central`: Flower's fixed-clipping wrapper, "
                   f"clipping norm {s['clip_updates']}, noise multiplier chosen so that the RDP accountant reaches epsilon after "
                   f"{s['rounds']} rounds with every client in every round). Epsilon = infinity: the same runs without DP (section 1).", "",
-                  "| mechanism | epsilon (target) | epsilon spent | noise multiplier | macro F1 | macro AUROC | seconds |", "|---|---|---|---|---|---|---|"]
+                  "| mechanism | epsilon (target) | epsilon spent | noise multiplier (per-client rows: one per client) | macro F1 | macro AUROC | seconds |", "|---|---|---|---|---|---|---|"]
         for k, cs in sorted(g.items(), key=lambda kv: (_mech(kv[1][0]["config"]), kv[1][0]["config"]["epsilon"])):
             c0 = cs[0]
+            if all("diverged" in c for c in cs):
+                lines.append(f"| {_mech(c0['config'])} | {c0['config']['epsilon']:g} | - | - | diverged (NaN outputs) in every seed | - | - |")
+                continue
             spent = _ms([c.get("epsilon_spent") for c in cs])[0]
             z = _ms([c.get("noise_multiplier") for c in cs])[0]
             lines.append(
                 f"| {_mech(c0['config'])} | {c0['config']['epsilon']:g} | {_f(spent)} | {_f(z)} | {_fmt(*_ms([c.get('f1') for c in cs]))} | "
                 f"{_fmt(*_ms([c.get('auroc') for c in cs]))} | {_ms([c.get('wall_seconds') for c in cs])[0]:.0f} |"
+                + (f" ({sum('diverged' in c for c in cs)} seed(s) diverged)" if any("diverged" in c for c in cs) else "")
             )
         lines += ["", "![F1 and AUROC against epsilon](federated_dp.png)", ""]
     # 3. attacks
@@ -388,7 +396,9 @@ def report(results: dict) -> str:
                   f"Bytes a round moves (ArrayRecord payload; float32 weights of the narrow model): {up / 1e6:.2f} MB from the clients "
                   f"to the server on average over the federated rows (the same down; it grows with the number of clients: "
                   f"{len(fed)} rows). Training time of a round on this shared machine, all clients in turn on one thread: "
-                  f"{per:.1f} s on average (per row in `federated.json`). Rows with DP-SGD train slower (per-sample gradients).", ""]
+                  f"{per:.1f} s on average (per row in the results file). Rows with DP-SGD train slower (per-sample gradients). "
+                  f"All {len(results['cells'])} cells together: {sum(c.get('wall_seconds', 0) for c in results['cells'].values()) / 60:.0f} min "
+                  "of wall time (data preparation not included), on a machine shared with other jobs.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -547,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack-clients", type=int, default=7)
     p.add_argument("--clip-updates", type=float, default=0.2, help="update clipping norm (FedAvg+clip rows and --dp central)")
     p.add_argument("--sections", nargs="+", default=["noniid", "dp", "attacks"], choices=["noniid", "dp", "attacks"])
-    p.add_argument("--fresh", action="store_true", help="ignore finished cells in federated.json")
+    p.add_argument("--fresh", action="store_true", help="ignore finished cells in the results file")
+    p.add_argument("--results", default="federated", help="results file stem under benchmarks/results (one per setting)")
     p.add_argument("--report-only", action="store_true", help="rewrite federated.md and the plots from federated.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -555,9 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower's per-round lines, hundreds of cells
     logging.getLogger("federated").setLevel(logging.WARNING)  # the study's own line per cell is enough
     if args.report_only:
-        results = load_results(RESULTS / "federated.json")
+        results = load_results(RESULTS / f"{args.results}.json")
         if not results.get("cells"):
-            print(f"error: {RESULTS / 'federated.json'}: no finished cells to report", file=sys.stderr)
+            print(f"error: {RESULTS / (args.results + '.json')}: no finished cells to report", file=sys.stderr)
             return 2
     else:
         results = run_all(args)
