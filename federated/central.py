@@ -49,6 +49,17 @@ def check_resume_compatible(saved: dict, cfg: TrainConfig, path: Path) -> None:
             raise CheckpointError(
                 f"{path}: cannot resume: it was trained with {key}={saved.get(key)!r}, this run asks {cfg.to_dict().get(key)!r}"
             )
+    # Privacy settings: the epsilon already spent was computed with them (a run saved before they
+    # existed had the defaults, i.e. no DP).
+    defaults = TrainConfig().to_dict()
+    for key in ("dp", "epsilon", "delta", "max_grad_norm", "noise_multiplier", "clipping_norm", "adaptive_clipping"):
+        if saved.get(key, defaults[key]) != cfg.to_dict().get(key):
+            raise CheckpointError(
+                f"{path}: cannot resume: its privacy accounting used {key}={saved.get(key, defaults[key])!r}, this run asks {cfg.to_dict().get(key)!r}"
+            )
+    if cfg.dp == "local" and cfg.mode == "central" and saved.get("epochs") != cfg.epochs:
+        # DP-SGD's noise was calibrated for the saved number of epochs; more would pass the budget.
+        raise CheckpointError(f"{path}: cannot resume a --dp local run with --epochs {cfg.epochs}: its noise was calibrated for {saved.get('epochs')}")
 
 
 def fit(
