@@ -287,6 +287,11 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError("--resume is not supported with --task beats (a run takes minutes); start again")
     if cfg.features:
         raise ValueError("--features adds the 12-lead hand features; beat models take their RR features already")
+    # Privacy and attacks (issue 13-14 flags) are wired for the 12-lead task only so far: refuse rather than ignore.
+    unsupported = [f"--{k.replace('_', '-')}" for k, off in (("dp", "none"), ("attack", "none"), ("malicious", 0), ("clip_updates", 0.0))
+                   if getattr(cfg, k, off) != off]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} not supported with --task beats yet")
     data = load_beat_data(cfg.data, beat_config(cfg))
     total = np.sum(list(data.counts().values()), axis=0)
     log.info("%d records (%d patients), %d beats: %s", len(data.records), len(patients(list(data.records))), int(total.sum()),
