@@ -15,8 +15,6 @@ export succeeded: a failed export leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import tempfile
@@ -30,7 +28,7 @@ from export.metadata import ModelMeta
 from export.onnx_export import ExportError, export_fp32, meta_from_checkpoint, parity, write_metadata
 from export.cpu import cpu_class, cpu_features
 from export.quantize import DEFAULT_REDUCE_RANGE, METHODS, WindowReader, quantize, recipes
-from export.report import GATE_MACHINE_NOTE, latency, machine, markdown
+from export.report import export_report, latency, markdown, publish
 from export.runtime import OnnxPredictor
 from federated.checkpoint import CheckpointError, load_checkpoint
 
@@ -102,37 +100,12 @@ def run_export(
         write_metadata(int8, meta_from_checkpoint(ckpt, {"format": "QDQ", "weights": "int8", **recipe.to_dict(), "calibration_windows": len(data_.calibration), "gate_cpu": cls}))
         log(f"[4/4] latency on {cls}")
         lat = latency(fp32, int8, wrapped, data_.calibration[0], repeats, features)
-        report = {
-            "model_name": ckpt.model_name,
-            "checkpoint": str(checkpoint),
-            "sizes_mb": {"fp32": fp32.stat().st_size / 1e6, "int8": int8.stat().st_size / 1e6},
-            "parity": {"max_abs_diff": diff, "windows": len(probe)},
-            "quantization": {**recipe.to_dict(), "note": recipe.note, "attempt": attempt, "attempts_available": len(options)},
-            "attempts": attempts,
-            "gate": gate.to_dict(),
-            "decided_on": "validation",
-            # The gate's figures come from this machine's onnxruntime int8 kernels (see GATE_MACHINE_NOTE).
-            "gate_machine": {"cpu_class": cls, "cpu_features": cpu, "note": GATE_MACHINE_NOTE},
-            "records_note": data_.note,
-            "validation_records": len(y),
-            "test_records": len(data_.test.keys),
-            "test": {k: (None if isinstance(v, float) and v != v else v) for k, v in test_figures.items()},
-            "latency_ms": lat,
-            # The CPU of every figure in latency_ms and speedups (int8 speed-ups differ about twofold
-            # between CPUs with and without VNNI: PLATFORM.md).
-            "latency_cpu": {"cpu_class": cls, "cpu_features": cpu},
-            "speedups": {
-                "int8_vs_ort_fp32": lat["ort_fp32 1 thread"] / lat["ort_int8 1 thread"],
-                "int8_vs_torch": lat["torch 1 thread"] / lat["ort_int8 1 thread"],
-                "cpu_class": cls,
-            },
-            "machine": machine(cpu),
-        }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "report.md").write_text(markdown(report))
-        out.mkdir(parents=True, exist_ok=True)
-        for name in OUTPUTS:
-            os.replace(tmp / name, out / name)
+        report = export_report(
+            ckpt=ckpt, checkpoint=checkpoint, fp32=fp32, int8=int8, parity_diff=diff, parity_windows=len(probe), recipe=recipe,
+            attempt=attempt, attempts_available=len(options), attempts=attempts, gate=gate, cpu=cpu, records_note=data_.note,
+            validation_records=len(y), test_records=len(data_.test.keys), test=test_figures, lat=lat,
+        )
+        publish(tmp, out, report, OUTPUTS)
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -123,3 +123,52 @@ def markdown(r: dict) -> str:
         lines += ["Quantization attempts:", ""]
         lines += [f"- {a['note']}: {'passed' if a['passed'] else 'failed (' + '; '.join(a['reasons']) + ')'}" for a in r["attempts"]]
     return "\n".join(lines) + "\n"
+
+
+def export_report(
+    *, ckpt, checkpoint: Path, fp32: Path, int8: Path, parity_diff: float, parity_windows: int, recipe, attempt: int,
+    attempts_available: int, attempts: list, gate, cpu: dict, records_note: str, validation_records: int,
+    test_records: int, test: dict, lat: dict, extra: dict | None = None,
+) -> dict:
+    """The export report (report.json), the same for the 12-lead and the beat exports."""
+    cls = cpu_class(cpu)
+    return {
+        **(extra or {}),
+        "model_name": ckpt.model_name,
+        "checkpoint": str(checkpoint),
+        "sizes_mb": {"fp32": fp32.stat().st_size / 1e6, "int8": int8.stat().st_size / 1e6},
+        "parity": {"max_abs_diff": parity_diff, "windows": parity_windows},
+        "quantization": {**recipe.to_dict(), "note": recipe.note, "attempt": attempt, "attempts_available": attempts_available},
+        "attempts": attempts,
+        "gate": gate.to_dict(),
+        "decided_on": "validation",
+        # The gate's figures come from this machine's onnxruntime int8 kernels (see GATE_MACHINE_NOTE).
+        "gate_machine": {"cpu_class": cls, "cpu_features": cpu, "note": GATE_MACHINE_NOTE},
+        "records_note": records_note,
+        "validation_records": validation_records,
+        "test_records": test_records,
+        "test": {k: (None if isinstance(v, float) and v != v else v) for k, v in test.items()},
+        "latency_ms": lat,
+        # The CPU of every figure in latency_ms and speedups (int8 speed-ups differ about twofold
+        # between CPUs with and without VNNI: PLATFORM.md).
+        "latency_cpu": {"cpu_class": cls, "cpu_features": cpu},
+        "speedups": {
+            "int8_vs_ort_fp32": lat["ort_fp32 1 thread"] / lat["ort_int8 1 thread"],
+            "int8_vs_torch": lat["torch 1 thread"] / lat["ort_int8 1 thread"],
+            "cpu_class": cls,
+        },
+        "machine": machine(cpu),
+    }
+
+
+def publish(tmp: Path, out: Path, report: dict, names: tuple[str, ...], unit: str = "records") -> None:
+    """Write report.json and report.md into ``tmp``, then move every output into ``out`` (a rename
+    each: a killed export leaves the previous files, never half of a new set)."""
+    import json
+
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (tmp / "report.md").write_text(md if unit == "records" else md.replace(" records |", f" {unit} |"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        os.replace(tmp / name, out / name)

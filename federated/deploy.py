@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     cfg = parse_config([*rest, "--mode", "federated"])
+    if cfg.attack != "none":
+        parser.error("--attack makes clients malicious in python -m federated.train's simulation only; a rehearsal of real nodes refuses it")
     missing = [str(s) for s in args.sites if not s.is_dir()]
     if missing:
         parser.error(f"site folder(s) not found: {', '.join(missing)}")

@@ -39,6 +39,7 @@ from federated.config import TrainConfig
 from federated.flower_apps import HIST_BINS, load_arrays, nan_aware_average, to_arrays
 from federated.simulation import STRATEGY_STATE
 from federated.metrics import multilabel_metrics, tune_thresholds
+from federated.privacy import central_dp_epsilon, dp_client_config, privacy_summary
 from federated.outputs import make_checkpoint, write_final, write_json
 
 log = logging.getLogger("federated")
@@ -49,6 +50,8 @@ server_app = ServerApp()
 TRAIN_KEYS = (
     "model", "model-kwargs", "labels", "seed", "rounds", "local-epochs", "lr", "batch-size", "weight-decay",
     "strategy", "proximal-mu", "pos-weight-cap", "augment", "ptbxl-rate", "max-per-site",
+    # Differential privacy (federated.privacy): DP-SGD on each node, or noise on the server's aggregate.
+    "dp", "epsilon", "delta", "max-grad-norm", "noise-multiplier", "clipping-norm", "adaptive-clipping", "clip-updates",
 )
 
 
@@ -210,6 +213,10 @@ class RoundKeeper:
         self.out = opts.out
         self.out.mkdir(parents=True, exist_ok=True)
         self.labels = list(label_names(cfg.labels))
+        if cfg.dp == "local":  # DP-SGD needs the model's GroupNorm variant (checked by Opacus)
+            from federated.privacy import private_model_kwargs
+
+            cfg.model_kwargs = private_model_kwargs(cfg.model, cfg.model_kwargs)
         self.kwargs = {"num_classes": len(self.labels), "in_leads": 12, **cfg.model_kwargs}
         self.side = _ServerSide(
             PreprocessConfig(), tuple(self.labels),
@@ -228,6 +235,7 @@ class RoundKeeper:
         self.clients: dict = {}
         self.strategy_state: dict = {}
         self.round: dict = {}
+        self.dp_per_round: list[dict] = []
         self.t_round = time.time()
         self.t0 = time.time()
         if cfg.resume and self.last_path.exists():
@@ -248,6 +256,7 @@ class RoundKeeper:
             **self.common, "lr": cfg.lr, "weight-decay": cfg.weight_decay, "batch-size": cfg.batch_size,
             "local-epochs": cfg.local_epochs, "proximal-mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
             "pos-weight-cap": cfg.pos_weight_cap, "augment": cfg.augment, "update-dtype": opts.update_dtype,
+            **dp_client_config(cfg, cfg.rounds),
         }
 
     @property
@@ -283,6 +292,7 @@ class RoundKeeper:
             "nodes": " ".join(row["nodes"]), "failed": " ".join(row["failed"]),
             "failed_reasons": "; ".join(f"{k}: {v}" for k, v in row["failed"].items()),
             "bytes_up": up, "bytes_down": down, "seconds": round(time.time() - self.t_round, 2),
+            **self._privacy_spent(rnd),
         })
         log.info(
             "round %d: %s took part%s; pooled val macro F1 %.3f, AUROC %.3f; %.2f MB up, %.2f MB down",
@@ -305,6 +315,19 @@ class RoundKeeper:
         write_json(self.out / "history.partial.json", {"round": rnd, "history": self.history})
         self.t_round = time.time()
         return agg
+
+    def _privacy_spent(self, rnd: int) -> dict:
+        """The epsilon spent so far: the largest of the nodes' DP-SGD accountants (``dp local``), or the
+        client-level epsilon of ``rnd`` noised aggregates (``dp central``)."""
+        if self.cfg.dp == "local":
+            per = self.round.get("dp_epsilon", {})
+            self.dp_per_round.append({"round": rnd, "epsilon": per})
+            if per:
+                log.info("round %d: DP-SGD epsilon spent per node (delta %g): %s", rnd, self.cfg.delta, per)
+            return {"dp_epsilon": max(per.values()) if per else math.nan}
+        if self.cfg.dp == "central":
+            return {"dp_epsilon": central_dp_epsilon(self.cfg.noise_multiplier, rnd, self.cfg.delta)}
+        return {}
 
     def _checkpoint(self, thresholds: list[float], metrics: dict, progress: dict):
         return make_checkpoint(self.model, self.cfg, self.side, self.kwargs, thresholds, metrics, progress, [])
@@ -355,6 +378,7 @@ class RoundKeeper:
             "wall_seconds": round(time.time() - self.t0, 1),
             "clients": self.clients,
             "min_nodes": self.opts.min_nodes,
+            **privacy_summary(self.cfg, h, sorted({n for x in h for n in str(x.get("nodes", "")).split()}), self.dp_per_round),
         }
         best.metrics = {"val": best.metrics["val"], "test": test}
         save_checkpoint(self.out / "best.pt", best)
@@ -385,7 +409,7 @@ def run_server(grid: Grid, cfg: TrainConfig, opts: DeployOptions, site_paths: li
         keeper.round["train_loss"] = float(agg.get("train_loss", math.nan))
         return agg
 
-    strategy = build_strategy(cfg.strategy, opts.min_nodes, cfg.proximal_mu, lambda r, k: nan_aware_average(r, k), on_train)
+    strategy = build_strategy(cfg.strategy, opts.min_nodes, cfg.proximal_mu, lambda r, k: nan_aware_average(r, k), on_train, cfg=cfg)
     for k, v in keeper.strategy_state.items():
         setattr(strategy, k, v)
     original_configure, original_train = strategy.configure_train, strategy.aggregate_train
@@ -407,6 +431,9 @@ def run_server(grid: Grid, cfg: TrainConfig, opts: DeployOptions, site_paths: li
         silent = sorted(NODE_NAMES.get(n, f"node {n}") for n in box.get("sampled", []) if n not in answered)
         reasons = [r.error.reason for r in replies if r.has_error()]
         keeper.end_train(server_round, names, {n: (reasons[i] if i < len(reasons) else "no reply") for i, n in enumerate(silent)})
+        keeper.round["dp_epsilon"] = {
+            _node_name(r): float(mr["dp-epsilon"]) for r in ok for mr in r.content.metric_records.values() if "dp-epsilon" in mr
+        }
         arrays, metrics = original_train(server_round, replies)
         if arrays is None:
             raise RuntimeError(f"round {keeper.round['round']}: no node returned an update ({keeper.round['failed']})")

@@ -18,8 +18,6 @@ checkpoint (label set ``aami``). The steps are the 12-lead ones (``export/__main
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -89,7 +87,7 @@ def run_beat_export(
 ) -> dict:
     from export.cpu import cpu_class, cpu_features
     from export.quantize import WindowReader, quantize, recipes
-    from export.report import GATE_MACHINE_NOTE, latency, machine, markdown
+    from export.report import export_report, latency, publish
 
     cfg = BeatConfig.from_dict(ckpt.preprocess)
     train_names, val_names = list(ckpt.split.get("train_records", [])), list(ckpt.split.get("val_records", []))
@@ -154,35 +152,12 @@ def run_beat_export(
         lat = latency(fp32, int8, wrapped, calib_x[0], repeats, calib_rr if use_rr else None)
         note = (f"beats: gate decided on the {len(vy)} beats of the checkpoint's validation records ({', '.join(val_names)}); "
                 f"calibration on {len(calib_x)} beats of its {len(train_here)} training records; no test part (DS2 is another folder)")
-        report = {
-            "task": "beats",
-            "model_name": ckpt.model_name,
-            "checkpoint": str(checkpoint),
-            "sizes_mb": {"fp32": fp32.stat().st_size / 1e6, "int8": int8.stat().st_size / 1e6},
-            "parity": {"max_abs_diff": diff, "windows": len(ref)},
-            "quantization": {**recipe.to_dict(), "note": recipe.note, "attempt": attempt, "attempts_available": len(options)},
-            "attempts": attempts,
-            "gate": gate.to_dict(),
-            "decided_on": "validation",
-            "gate_machine": {"cpu_class": cls, "cpu_features": cpu, "note": GATE_MACHINE_NOTE},
-            "records_note": note,
-            "validation_records": len(vy),  # beats, for this task
-            "test_records": 0,
-            "test": {},
-            "latency_ms": lat,
-            "latency_cpu": {"cpu_class": cls, "cpu_features": cpu},
-            "speedups": {
-                "int8_vs_ort_fp32": lat["ort_fp32 1 thread"] / lat["ort_int8 1 thread"],
-                "int8_vs_torch": lat["torch 1 thread"] / lat["ort_int8 1 thread"],
-                "cpu_class": cls,
-            },
-            "machine": machine(cpu),
-        }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "report.md").write_text(markdown(report).replace(" records |", " beats |"))
-        out.mkdir(parents=True, exist_ok=True)
-        for name in OUTPUTS:
-            os.replace(tmp / name, out / name)
+        report = export_report(
+            ckpt=ckpt, checkpoint=checkpoint, fp32=fp32, int8=int8, parity_diff=diff, parity_windows=len(ref), recipe=recipe,
+            attempt=attempt, attempts_available=len(options), attempts=attempts, gate=gate, cpu=cpu, records_note=note,
+            validation_records=len(vy), test_records=0, test={}, lat=lat, extra={"task": "beats"},
+        )
+        publish(tmp, out, report, OUTPUTS, unit="beats")  # validation_records counts beats for this task
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
