@@ -144,6 +144,21 @@ def compare(p32: np.ndarray, p8: np.ndarray, y: np.ndarray, labels: list[str], t
     }
 
 
+def gate_reasons(
+    agreement: float, auroc_drop: float, f1_drop: float, min_agreement: float, max_auroc_drop: float,
+    max_f1_drop: float | None, what: str = "decision",
+) -> list[str]:
+    """Why an int8 model fails the gate (empty: it passes); one rule for record and beat exports."""
+    reasons = []
+    if agreement < min_agreement:
+        reasons.append(f"{what} agreement {agreement:.4f} < {min_agreement}")
+    if auroc_drop > max_auroc_drop:
+        reasons.append(f"macro AUROC drop {auroc_drop:.4f} > {max_auroc_drop}")
+    if max_f1_drop is not None and f1_drop > max_f1_drop:
+        reasons.append(f"macro F1 drop {f1_drop:.4f} > {max_f1_drop}")
+    return reasons
+
+
 def judge(
     p32: np.ndarray, p8: np.ndarray, y: np.ndarray, labels: list[str], thresholds: list[float],
     min_agreement: float, max_auroc_drop: float, max_f1_drop: float | None,
@@ -151,11 +166,5 @@ def judge(
     """The gate's decision; call it on validation records only (module docstring)."""
     c = compare(p32, p8, y, labels, thresholds)
     agreement, auroc_drop, f1_drop = c["agreement"], c["auroc_drop"], c["f1_drop"]
-    reasons = []
-    if agreement < min_agreement:
-        reasons.append(f"decision agreement {agreement:.3f} < {min_agreement}")
-    if auroc_drop > max_auroc_drop:
-        reasons.append(f"macro AUROC drop {auroc_drop:.4f} > {max_auroc_drop}")
-    if max_f1_drop is not None and f1_drop > max_f1_drop:
-        reasons.append(f"macro F1 drop {f1_drop:.4f} > {max_f1_drop}")
+    reasons = gate_reasons(agreement, auroc_drop, f1_drop, min_agreement, max_auroc_drop, max_f1_drop)
     return GateResult(not reasons, agreement, c["auroc_fp32"], c["auroc_int8"], auroc_drop, c["f1_fp32"], c["f1_int8"], f1_drop, reasons)

@@ -31,7 +31,7 @@ import torch
 from cpsc2018.beat_dataset import BeatDataset
 from cpsc2018.beats import BeatConfig
 from cpsc2018.labels import AAMI
-from export.gate import GateResult
+from export.gate import GateResult, gate_reasons
 from export.onnx_export import PARITY_TOL, ExportError, export_fp32, meta_from_checkpoint, write_metadata
 from export.runtime import OnnxPredictor
 from federated.beats.data import load_beat_data
@@ -61,13 +61,7 @@ def beat_gate(p32: np.ndarray, p8: np.ndarray, y: np.ndarray, min_agreement: flo
     m8 = {"auroc": _gate_auroc(r8["per_class"]), "f1": r8["macro"]["f1"]}
     agreement = float(np.mean(p32.argmax(axis=1) == p8.argmax(axis=1)))
     auroc_drop, f1_drop = m32["auroc"] - m8["auroc"], m32["f1"] - m8["f1"]
-    reasons = []
-    if agreement < min_agreement:
-        reasons.append(f"beat decision agreement {agreement:.4f} < {min_agreement}")
-    if auroc_drop > max_auroc_drop:
-        reasons.append(f"macro AUROC drop {auroc_drop:.4f} > {max_auroc_drop}")
-    if max_f1_drop is not None and f1_drop > max_f1_drop:
-        reasons.append(f"macro F1 drop {f1_drop:.4f} > {max_f1_drop}")
+    reasons = gate_reasons(agreement, auroc_drop, f1_drop, min_agreement, max_auroc_drop, max_f1_drop, what="beat decision")
     return GateResult(not reasons, agreement, m32["auroc"], m8["auroc"], auroc_drop, m32["f1"], m8["f1"], f1_drop, reasons)
 
 
