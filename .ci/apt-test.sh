@@ -8,7 +8,7 @@
 # - dpkg can record a package as installed while its files are gone (xvfb-run deleted by hand, a trimmed
 #   image): a plain install is then a no-op, so a still-missing xvfb-run gets `--reinstall`.
 # - A failing `apt-get update` (one unreachable source) does not stop the install from the lists at hand.
-set -u
+# No `set -u`: bash before 4.4 calls an empty array unbound, and the script uses arrays that may be empty.
 PACKAGES=(xvfb xauth libmtdev1 libgl1-mesa-dri)
 
 missing=()
@@ -20,8 +20,21 @@ if [ "${FORCE:-}" != 1 ] && [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 echo "apt-test: installing ${PACKAGES[*]}${missing[*]:+ (missing: ${missing[*]})}"
-if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
-apt() { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+# Each tool the install needs is checked first, so that a missing one is named instead of ending the
+# target with a bare "Error 1". SUDO is a plain word, not an array (as root it is empty).
+if ! command -v apt-get >/dev/null; then
+  echo "apt-test: apt-get not found: install ${PACKAGES[*]} with this system's package manager, then rerun"
+  exit 1
+fi
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  if ! command -v sudo >/dev/null; then
+    echo "apt-test: not root and sudo not found: run as root: apt-get install -y ${PACKAGES[*]}"
+    exit 1
+  fi
+  SUDO=sudo
+fi
+apt() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
 
 apt update -qq || echo "apt-test: apt-get update failed; installing from the package lists at hand"
 if ! apt install -y -qq "${PACKAGES[@]}" >/dev/null; then

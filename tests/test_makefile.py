@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "sh", "make", "env", "grep", "cat", "echo", "printf", "chmod", "true")
 
 
-def _stand_ins(tmp: Path, *, uid: int, installed: bool, xvfb_run: bool | None = None, appears_on: str = "install") -> dict[str, str]:
+def _stand_ins(
+    tmp: Path, *, uid: int, installed: bool, xvfb_run: bool | None = None, appears_on: str = "install",
+    without: tuple[str, ...] = (),
+) -> dict[str, str]:
     """A PATH holding the real shell tools and logging stand-ins for the package tools."""
     bin_ = tmp / "bin"
     bin_.mkdir()
@@ -40,6 +43,8 @@ def _stand_ins(tmp: Path, *, uid: int, installed: bool, xvfb_run: bool | None = 
     }
     if installed if xvfb_run is None else xvfb_run:
         scripts["xvfb-run"] = "exit 0\n"
+    for name in without:  # a machine that lacks this tool
+        scripts.pop(name)
     for name, body in scripts.items():
         path = bin_ / name
         path.write_text("#!/bin/sh\n" + body)
@@ -104,6 +109,19 @@ def test_apt_test_goes_on_when_apt_get_update_fails(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "update failed" in proc.stdout
     assert (tmp_path / "bin" / "xvfb-run").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(
+    ("uid", "without", "says"),
+    [(1000, ("sudo",), "not root and sudo not found"), (0, ("apt-get",), "apt-get not found")],
+    ids=["user-without-sudo", "no-apt-get"],
+)
+def test_apt_test_names_the_missing_tool(tmp_path, uid, without, says):
+    proc, log = _run(tmp_path, uid=uid, installed=False, without=without)
+    assert proc.returncode != 0
+    assert says in proc.stdout and "xvfb" in proc.stdout, proc.stdout + proc.stderr
+    assert "unbound variable" not in proc.stderr and "command not found" not in proc.stderr
 
 
 def test_ci_forces_the_install_step():
