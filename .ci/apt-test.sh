@@ -34,7 +34,8 @@ if [ "$(id -u)" != 0 ]; then
   fi
   SUDO=sudo
 fi
-apt() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+# A fresh machine often runs apt at boot (unattended upgrades): wait up to 5 min for its lock instead of failing.
+apt() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; }
 
 apt update -qq || echo "apt-test: apt-get update failed; installing from the package lists at hand"
 if ! apt install -y -qq "${PACKAGES[@]}" >/dev/null; then

@@ -87,7 +87,7 @@ def test_apt_test_force_installs_even_when_everything_is_there(tmp_path):
     (tmp_path / "forced").mkdir()
     proc, log = _run(tmp_path / "forced", "FORCE=1", uid=0, installed=True)
     assert proc.returncode == 0, proc.stderr
-    assert "apt-get DEBIAN_FRONTEND=noninteractive install -y -qq xvfb" in log, log
+    assert "apt-get DEBIAN_FRONTEND=noninteractive -o DPkg::Lock::Timeout=300 install -y -qq xvfb" in log, log
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
