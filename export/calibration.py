@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.metadata import MetadataError
+from export.metadata import MetadataError, json_object
 
 CALIBRATION_KEY = "calibration"  # metadata key of the network file; its value is Calibration JSON
 CALIBRATION_VERSION = 1
@@ -138,11 +138,8 @@ class Calibration:
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "Calibration":
         """Parse and check the ``calibration`` value; :class:`MetadataError` says what is wrong."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError:
-            raise MetadataError(f"{source}: metadata key '{CALIBRATION_KEY}' is not valid JSON") from None
-        if not isinstance(raw, dict) or "classes" not in raw or "labels" not in raw:
+        raw = json_object(text, CALIBRATION_KEY, source)
+        if "classes" not in raw or "labels" not in raw:
             raise MetadataError(f"{source}: metadata key '{CALIBRATION_KEY}' must be an object with labels and classes")
         if raw.get("version") != CALIBRATION_VERSION:
             raise MetadataError(f"{source}: calibration version {raw.get('version')!r} is not supported (this app reads {CALIBRATION_VERSION})")

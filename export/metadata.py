@@ -37,6 +37,17 @@ class MetadataError(ValueError):
     """The file lacks the ECG-Lite metadata or holds a malformed value."""
 
 
+def json_object(text: str, key: str, source: str) -> dict:
+    """The JSON object stored under metadata ``key``; :class:`MetadataError` names the file and the key."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raise MetadataError(f"{source}: metadata key '{key}' is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise MetadataError(f"{source}: metadata key '{key}' must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     model_name: str

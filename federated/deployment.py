@@ -409,7 +409,7 @@ def run_server(grid: Grid, cfg: TrainConfig, opts: DeployOptions, site_paths: li
         keeper.round["train_loss"] = float(agg.get("train_loss", math.nan))
         return agg
 
-    strategy = build_strategy(cfg.strategy, opts.min_nodes, cfg.proximal_mu, lambda r, k: nan_aware_average(r, k), on_train, cfg=cfg)
+    strategy = build_strategy(cfg.strategy, opts.min_nodes, cfg.proximal_mu, nan_aware_average, on_train, cfg=cfg)
     for k, v in keeper.strategy_state.items():
         setattr(strategy, k, v)
     original_configure, original_train = strategy.configure_train, strategy.aggregate_train

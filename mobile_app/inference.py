@@ -42,7 +42,7 @@ from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, no
 from cpsc2018.readers import read_any
 from cpsc2018.records import LEADS, Record, RecordError
 from export.calibration import CALIBRATION_KEY, Calibration
-from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME, MetadataError, ModelMeta
+from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME, MetadataError, ModelMeta, json_object
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "model.int8.onnx"
 DISPLAY_FS = 100.0  # what the screen draws: 1 point per pixel at 100 px/s (25 mm/s paper speed)
@@ -88,12 +88,7 @@ class PipelineSpec:
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "PipelineSpec":
         """Parse and check the ``pipeline`` value; :class:`MetadataError` says what is wrong."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError:
-            raise MetadataError(f"{source}: metadata key '{PIPELINE_KEY}' is not valid JSON") from None
-        if not isinstance(raw, dict):
-            raise MetadataError(f"{source}: metadata key '{PIPELINE_KEY}' must be a JSON object, got {type(raw).__name__}")
+        raw = json_object(text, PIPELINE_KEY, source)
         missing = [k for k in ("version", "feature_model", "feature_engine", "feature_names", "network_weight", "combine", "thresholds") if k not in raw]
         if missing:
             raise MetadataError(f"{source}: pipeline metadata lacks {', '.join(missing)}")
