@@ -30,7 +30,7 @@ import scipy.io
 import wfdb
 
 from cpsc2018.labels import detect_code_system
-from cpsc2018.records import LEADS, Beats, Record, RecordError, check_signal, to_standard_order
+from cpsc2018.records import LEADS, Beats, Record, RecordError, check_signal, standard_subset, to_standard_order
 from cpsc2018.sites import site_of_challenge_record
 
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nu": 1.0, "": 1.0}
@@ -131,20 +131,29 @@ def _rdrecord(hea: Path) -> wfdb.Record:
     return rec
 
 
-def read_wfdb(hea: Path | str, *, site: str | None = None, patient_id: str | None = None) -> Record:
-    """Read a 12-lead WFDB record (PhysioNet/CinC challenge ``.hea`` + ``.mat``/``.dat``)."""
+def read_wfdb(hea: Path | str, *, site: str | None = None, patient_id: str | None = None, reduced: bool = False) -> Record:
+    """Read a 12-lead WFDB record (PhysioNet/CinC challenge ``.hea`` + ``.mat``/``.dat``).
+
+    ``reduced=True`` also reads a record with only some of the standard leads (six limb leads, lead I
+    of a wrist device...): ``Record.leads`` then names its rows, in ``LEADS`` order (the app and
+    ``evaluate`` read single files so; training reads 12-lead records only)."""
     hea = Path(hea)
     if hea.suffix != ".hea":
         hea = hea.with_suffix(".hea")
     rec = _rdrecord(hea)
-    signal = to_standard_order(_physical_mv(rec, hea), rec.sig_name or [], hea)
+    names = rec.sig_name or []
+    leads = LEADS
+    if reduced and len(names) != len(LEADS):
+        signal, leads = standard_subset(_physical_mv(rec, hea), names, hea)
+    else:
+        signal = to_standard_order(_physical_mv(rec, hea), names, hea)
     meta = _comments(rec.comments or [])
     dx = [c for c in meta.get("dx", "").replace(";", ",").split(",") if c.strip()]
     record_id = hea.stem
     return Record(
         signal=check_signal(signal, hea, fs=float(rec.fs)),
         fs=float(rec.fs),
-        leads=LEADS,
+        leads=leads,
         record_id=record_id,
         patient_id=patient_id or record_id,
         site=site or site_of_challenge_record(record_id),
@@ -333,7 +342,7 @@ def read_any(path: Path | str) -> Record:
         hea = path.with_suffix(".hea")
         if _looks_like_mitbih(hea):
             return read_mitbih(hea)
-        return read_wfdb(hea)
+        return read_wfdb(hea, reduced=True)
     raise RecordError(path, f"unsupported file type {path.suffix or '(none)'}; expected .hea, .mat or .dat")
 
 

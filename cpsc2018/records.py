@@ -79,6 +79,22 @@ def to_standard_order(signal: np.ndarray, names: list[str] | tuple[str, ...], pa
     return signal[[canon.index(lead) for lead in LEADS]]
 
 
+def standard_subset(signal: np.ndarray, names: list[str] | tuple[str, ...], path: Path | str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A record with some of the twelve leads (a 6-lead or single-lead device): its rows in ``LEADS``
+    order and their names. Every name must be a standard lead, each once; otherwise the error names them."""
+    canon = [canonical_lead(n) for n in names]
+    if len(canon) != signal.shape[0]:
+        raise RecordError(path, f"header names {len(canon)} leads for {signal.shape[0]} signals")
+    unknown = [n for n, c in zip(names, canon) if c not in LEADS]
+    if unknown:
+        raise RecordError(path, f"lead(s) {', '.join(unknown)} are not among the twelve standard leads ({', '.join(LEADS)})")
+    repeated = sorted({c for c in canon if canon.count(c) > 1}, key=LEADS.index)
+    if repeated:
+        raise RecordError(path, f"lead(s) {', '.join(repeated)} appear more than once")
+    leads = tuple(lead for lead in LEADS if lead in canon)
+    return signal[[canon.index(lead) for lead in leads]], leads
+
+
 # When a record has too little real signal to classify. The app reported confident diseases for a
 # record that was NaN except for 2 samples: preprocessing interpolates NaN, so it invented a signal.
 # A lead is usable when at least half of its samples are finite: up to half can be a dropout that

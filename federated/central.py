@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from cpsc2018.leadsets import STANDARD_SETS, LeadSampler, presence
 from federated import progress_hook
 from federated.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from federated.config import TrainConfig
@@ -72,6 +73,7 @@ def fit(
     *,
     name: str = "central",
     on_epoch: Callable[[int, float], None] | None = None,
+    fold: int | None = None,
 ) -> dict:
     """Train ``cfg.epochs`` epochs on ``train_idx``; keep the best epoch by validation; score test.
 
@@ -91,6 +93,8 @@ def fit(
         cfg.model_kwargs = private_model_kwargs(cfg.model, cfg.model_kwargs)
     kwargs = model_kwargs(cfg, exp, len(feature_names))
     model = create_model(cfg.model, **kwargs).to(device)
+    if cfg.init:
+        init_weights(model, cfg.init, fold, name)
     # The moving average (weights and BatchNorm statistics) is what is validated, saved and shipped.
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema > 0 else None
@@ -146,10 +150,12 @@ def fit(
         set_epoch(plain_train, cfg.seed, epoch)  # the DP loader shares its dataset (crops per epoch)
         eps = dp_plan.check(epoch, name) if dp_plan is not None else None
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch) if cfg.augment else None
+        # Seeded per epoch like the crops, so a resumed run draws the same lead sets.
+        lead_sampler = LeadSampler(cfg.seed * 100_003 + epoch) if cfg.lead_masking else None
         train_loss = train_one_epoch(
             trained, loaders["train"], optimizer, loss_fn, device, scheduler=scheduler, amp=cfg.amp,
             augment_gen=gen, fs=exp.pre.fs, progress=progress, desc=f"epoch {epoch}", ema=ema,
-            augment_strength=cfg.augment_strength,
+            augment_strength=cfg.augment_strength, lead_sampler=lead_sampler,
         )
         probs, val_loss = predict_records(scored, loaders["val"], len(val_idx), device, loss_fn=eval_loss_fn)
         thresholds = tune_thresholds(val_targets, probs)
@@ -191,6 +197,42 @@ def fit(
     return metrics
 
 
+def lead_set_thresholds(ckpt, model: nn.Module, exp: Experiment, cfg: TrainConfig, feature_fn, test_idx: list[int]) -> dict:
+    """A model for any lead subset: per standard lead set, thresholds tuned on the validation records
+    with the other leads zeroed (stored in ``ckpt.lead_thresholds``), and that set's validation and test
+    figures (for metrics.json)."""
+    device = resolve_device(cfg.device)
+    val_idx = list(exp.split["val"])
+    out = {}
+    for name, members in STANDARD_SETS.items():
+        mask = presence(members)
+        pv, _ = predict_records(model, eval_loader(exp, val_idx, cfg, feature_fn), len(val_idx), device, present=mask)
+        thr = tune_thresholds(exp.targets[val_idx], pv)
+        ckpt.lead_thresholds[name] = [float(t) for t in thr]
+        row = {"val": evaluate(pv, exp.targets[val_idx], exp.labels, thr)["macro"]}
+        if test_idx:
+            pt, _ = predict_records(model, eval_loader(exp, test_idx, cfg, feature_fn), len(test_idx), device, present=mask)
+            row["test"] = evaluate(pt, exp.targets[test_idx], exp.labels, thr)["macro"]
+        out[name] = row
+        log.info("lead set %s: val macro AUROC %.3f%s", name, row["val"]["auroc"],
+                 f", test macro F1 {row['test']['f1']:.3f}, AUROC {row['test']['auroc']:.3f}" if "test" in row else "")
+    return out
+
+
+def init_weights(model: nn.Module, path_pattern: str, fold: int | None, name: str) -> None:
+    """``--init``: the weights of a saved checkpoint of the same model (widened where this model adds
+    lead-mask inputs); a checkpoint of another model or label set is refused naming the file."""
+    from resnet1d.resnet import load_widened
+
+    path = Path(path_pattern.replace("{fold}", str(fold if fold is not None else "")))
+    ckpt = load_checkpoint(path)
+    try:
+        widened = load_widened(model, ckpt.state_dict)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: --init cannot start {name} from it: {exc}") from None
+    log.info("%s: starting from the weights of %s%s", name, path, f" (zero-initialised new inputs of {', '.join(widened)})" if widened else "")
+
+
 def finish(cfg: TrainConfig, exp: Experiment, out: Path, history: list[dict], test_idx: list[int], feature_fn, x_key: str) -> dict:
     """Score the best checkpoint on the held-out test split and write metrics, history and plots."""
     device = resolve_device(cfg.device)
@@ -203,6 +245,9 @@ def finish(cfg: TrainConfig, exp: Experiment, out: Path, history: list[dict], te
         test_targets = exp.targets[test_idx]
         metrics["test"] = evaluate(test_probs, test_targets, exp.labels, best_ckpt.thresholds)
         best_ckpt.metrics = {"val": best_ckpt.metrics["val"], "test": metrics["test"]}
+        save_checkpoint(out / "best.pt", best_ckpt)
+    if best_ckpt.model_kwargs.get("lead_mask"):
+        metrics["lead_sets"] = lead_set_thresholds(best_ckpt, model, exp, cfg, feature_fn, test_idx)
         save_checkpoint(out / "best.pt", best_ckpt)
     write_final(out, cfg, history, metrics, test_probs, test_targets, best_ckpt.thresholds, list(exp.labels), x_key)
     return metrics

@@ -57,6 +57,9 @@ class Checkpoint:
     split: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     progress: dict = field(default_factory=dict)
+    # Models for any lead subset (issue 21): per standard lead set ("6", "1"...) the decision thresholds
+    # tuned on the validation records with the other leads zeroed.
+    lead_thresholds: dict = field(default_factory=dict)
 
     @property
     def data_options(self) -> dict:

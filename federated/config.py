@@ -75,6 +75,13 @@ class TrainConfig:
     max_per_site: int = 0
     # Hybrid models: hand features (cpsc2018.features) fed to the head; 0 = off.
     features: bool = False
+    # Reduced lead sets (issue 21, cpsc2018.leadsets). ``leads``: a model for one fixed set ("6", "1",
+    # "I,II,V2"; empty = all 12); ``lead_masking``: one model for any subset (random sets in training).
+    leads: str = ""
+    lead_masking: bool = False
+    # Start from these weights (a checkpoint of the same model; "{fold}" is replaced by the fold number
+    # under --folds). Lead-mask inputs the checkpoint lacks start at zero (resnet1d.resnet.load_widened).
+    init: str = ""
     # Differential privacy (federated/privacy.py): "local" = DP-SGD (Opacus) on every client, or on the
     # pooled records in central mode; "central" = Flower's server-side wrapper noising the aggregate.
     dp: str = "none"
@@ -133,6 +140,20 @@ class TrainConfig:
         from federated.privacy import validate_privacy
 
         validate_privacy(self)
+        if self.leads or self.lead_masking or self.init:
+            from cpsc2018.leadsets import LeadSetError, parse_leads
+
+            if self.leads and self.lead_masking:
+                raise ValueError("--leads trains a model for one lead set, --lead-masking one for any set: give one")
+            if self.mode != "central" or self.task != "six":
+                raise ValueError("--leads, --lead-masking and --init are for central training of the record task (--mode central, --task six)")
+            if self.leads:
+                try:
+                    parse_leads(self.leads)
+                except LeadSetError as exc:
+                    raise ValueError(f"--leads: {exc}") from None
+            if self.init and "{fold}" in self.init and not self.folds:
+                raise ValueError("--init contains {fold} but --folds is not given")
         if self.augment_strength != 1.0 and self.mode == "federated":
             raise ValueError("--augment-strength is not passed to federated clients yet; use it in central or local mode")
 
@@ -203,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500), default=d.ptbxl_rate)
     p.add_argument("--features", action="store_true", help="hybrid: feed hand features to the model head")
     p.add_argument("--max-per-site", type=int, default=d.max_per_site, help="use at most N records per site, a seeded sample (0 = all)")
+    p.add_argument("--leads", default=d.leads, help="train a model for one lead set: a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2")
+    p.add_argument("--lead-masking", action="store_true", help="train one model for any subset of the 12 leads (random lead sets, absent leads zeroed)")
+    p.add_argument("--init", default=d.init, help="start from this checkpoint's weights ({fold} = fold number under --folds)")
     g = p.add_argument_group("privacy and robustness (README: Privacy and robustness)")
     g.add_argument("--dp", choices=("none", "local", "central"), default=d.dp, help="local: DP-SGD on each client (or central mode); central: noise on the aggregate")
     g.add_argument("--epsilon", type=float, default=d.epsilon, help="--dp local: privacy budget per client over the whole run (inf = clipping only)")

@@ -124,7 +124,7 @@ def run_cv(cfg: TrainConfig, exp: Experiment, out: Path) -> dict:
                  len(fexp.split["train"]), len(fexp.split["val"]), len(fexp.split["test"]))
         oof_path = fdir / "oof.npz"
         if not (oof_path.exists() and (fdir / "metrics.json").exists()):
-            fit(cfg, fexp, fdir, fexp.split["train"], fexp.split["val"], fexp.split["test"], name=f"fold {i}")
+            fit(cfg, fexp, fdir, fexp.split["train"], fexp.split["val"], fexp.split["test"], name=f"fold {i}", fold=i)
             save_oof(oof_path, fexp, cfg)
         else:
             log.info("fold %d: finished earlier, kept (%s)", i, oof_path)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cpsc2018.leadsets import LeadSampler
 from federated.augment import augment_batch
 from federated.metrics import multilabel_metrics
 
@@ -60,6 +61,7 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     ema: "torch.optim.swa_utils.AveragedModel | None" = None,
+    lead_sampler: "LeadSampler | None" = None,
 ) -> float:
     """One pass over ``loader``; returns the mean loss. ``proximal_mu`` > 0 adds FedProx's term
     mu/2 * ||w - w_global||^2 (Li et al., MLSys 2020) against ``global_params``."""
@@ -71,6 +73,9 @@ def train_one_epoch(
         y = batch[-1].to(device, non_blocking=True)
         if augment_gen is not None:
             batch = [augment_batch(batch[0], augment_gen, fs, augment_strength), *batch[1:]]
+        if lead_sampler is not None:  # --lead-masking: each window loses the leads its drawn set lacks
+            masks = torch.from_numpy(lead_sampler.masks(len(batch[0])))
+            batch = [batch[0] * masks[:, :, None], *batch[1:]]
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
             logits = _forward(model, batch, device)
@@ -98,9 +103,13 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict_records(
-    model: nn.Module, loader: DataLoader, n_records: int, device: torch.device, *, loss_fn: nn.Module | None = None
+    model: nn.Module, loader: DataLoader, n_records: int, device: torch.device, *, loss_fn: nn.Module | None = None,
+    present: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Record-level probabilities (max over each record's windows) and the mean window loss.
+
+    ``present`` (float ``[12]``, :func:`cpsc2018.leadsets.presence`) zeroes the absent leads first: how a
+    model is scored on a reduced lead set from 12-lead records.
 
     Max pooling: a premature beat or a run of AF in any window makes the record positive.
     """
@@ -111,6 +120,8 @@ def predict_records(
         idx = batch[-1].numpy()
         y = batch[-2].to(device)
         inputs = [batch[0], *batch[1:-2]]
+        if present is not None:
+            inputs[0] = inputs[0] * torch.as_tensor(present, dtype=inputs[0].dtype)[None, :, None]
         logits = _forward(model, inputs, device).float()
         if loss_fn is not None:
             total += loss_fn(logits, y).item() * len(y)

@@ -23,6 +23,12 @@ def model_kwargs(cfg: TrainConfig, exp: Experiment, n_features: int) -> dict:
     kw = {"num_classes": len(exp.labels), "in_leads": 12, **cfg.model_kwargs}
     if n_features:
         kw["num_features"] = n_features
+    if cfg.lead_masking:
+        kw["lead_mask"] = True
+    if cfg.leads:
+        from cpsc2018.leadsets import parse_leads, presence
+
+        kw["input_mask"] = [int(v) for v in presence(parse_leads(cfg.leads))]
     return kw
 
 

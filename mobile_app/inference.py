@@ -22,6 +22,15 @@ Signal quality (issue 20): :meth:`Classifier.classify` runs :func:`cpsc2018.qual
 record as read; the :class:`Result` carries the verdict, and ``withheld`` is true for an unusable
 recording (the app then shows why instead of probabilities; the probabilities are still computed, for
 the JSON and research tables that ask for them).
+
+Lead sets (issue 21): the network file's ``lead_sets`` key (:class:`cpsc2018.leadsets.LeadSupport`) says
+which lead sets it serves, with which network file (itself or a sibling ONNX file), thresholds and
+calibration; a file without it serves the 12 leads only. A record's usable leads are those it has
+(or those ``leads=`` names), minus the leads the quality check finds unreadable (missing, flat,
+clipped, noise): a 12-lead record with a dead lead is routed to the largest supported set it still
+contains instead of being refused. The full 12 leads run the fused pipeline as before; a reduced
+set runs its network alone on the preprocessed record with the absent leads zeroed. A record whose
+usable leads contain no supported set gets a :class:`ClassifyError` naming its leads.
 """
 
 from __future__ import annotations
@@ -33,14 +42,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from collections.abc import Sequence
 
 import numpy as np
 
 from cpsc2018.features import EXPERT_NAMES, expert_features
+from cpsc2018.leadsets import LEAD_SETS_KEY, LeadSetError, LeadSupport, expand, ordered, set_name, zero_absent
 from cpsc2018.quality import Quality, assess
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, notch, preprocess, resample, windows
 from cpsc2018.readers import read_any
-from cpsc2018.records import LEADS, Record, RecordError
+from cpsc2018.records import LEADS, Record, RecordError, canonical_lead
 from export.calibration import CALIBRATION_KEY, Calibration
 from export.metadata import FEATURES_INPUT_NAME, INPUT_NAME, MetadataError, ModelMeta, json_object
 
@@ -238,6 +249,9 @@ class Prediction:
     timings_ms: dict[str, float]
     uncalibrated: np.ndarray | None = None  # before calibration (None: same as probabilities)
     decision_thresholds: list[float] | None = None  # thresholds on ``uncalibrated`` (None: ``thresholds``)
+    lead_set: str = "12"  # the supported set whose network and thresholds ran
+    leads_used: tuple[str, ...] = LEADS  # the leads fed to the network (the others were zeroed)
+    calibrated: bool = False
 
     @property
     def positive(self) -> np.ndarray:
@@ -273,11 +287,34 @@ class Result:
     calibrated: bool = False  # probabilities and thresholds went through the model's calibration
     uncalibrated_probabilities: list[float] = field(default_factory=list)
     source_path: str = ""  # the file read
+    record_leads: list[str] = field(default_factory=lambda: list(LEADS))  # the leads the file has
+    lead_set: str = "12"  # the supported lead set that classified it (its network and thresholds)
+    leads_used: list[str] = field(default_factory=lambda: list(LEADS))  # fed to the network
+    dropped_leads: list[str] = field(default_factory=list)  # present but unreadable: left out (routing)
+
+    @property
+    def rerouted(self) -> bool:
+        """Unreadable leads were left out and the record classified on the rest (a reduced lead set)."""
+        return bool(self.dropped_leads)
 
     @property
     def withheld(self) -> bool:
-        """An unusable recording: show why, not probabilities."""
-        return self.quality is not None and not self.quality.usable
+        """An unusable recording: show why, not probabilities. A record unusable only for its unreadable
+        leads is not withheld when the remaining leads were classified (:attr:`rerouted`)."""
+        if self.quality is None or self.quality.usable:
+            return False
+        only_leads = not (set(self.quality.record_flags) & {"few_beats", "too_short"})
+        return not (self.rerouted and only_leads)
+
+    @property
+    def lead_note(self) -> str:
+        """One line for the screen when fewer than 12 leads were used, else ""."""
+        if self.lead_set == "12" and not self.dropped_leads:
+            return ""
+        text = f"Classified on {len(self.leads_used)} lead(s): {', '.join(self.leads_used)} (lead set {self.lead_set})"
+        if self.dropped_leads:
+            text += f"; left out as unreadable: {', '.join(self.dropped_leads)}"
+        return text
 
     @property
     def ranked(self) -> list[tuple[str, float]]:
@@ -300,6 +337,8 @@ class Result:
             "uncalibrated_probabilities": [round(p, 6) for p in self.uncalibrated_probabilities],
             "quality": None if self.quality is None else self.quality.to_json(),
             "withheld": self.withheld,
+            "record_leads": self.record_leads, "lead_set": self.lead_set, "leads_used": self.leads_used,
+            "dropped_leads": self.dropped_leads,
         }
 
 
@@ -332,6 +371,42 @@ class Classifier:
             if cal.labels != list(self.meta.labels):
                 raise ClassifyError(f"{self.path}: calibration labels {cal.labels} differ from the model's {self.meta.labels}")
             self.calibration = cal
+        self._load_lead_sets(props, environ)
+
+    def _load_lead_sets(self, props: dict[str, str], environ: dict[str, str] | None) -> None:
+        """The lead sets this file serves (``lead_sets`` metadata), with the sibling networks and per-set
+        calibrations they name; every problem is a ClassifyError naming the file."""
+        try:
+            support = (LeadSupport.from_json(props[LEAD_SETS_KEY], str(self.path), len(self.meta.labels))
+                       if LEAD_SETS_KEY in props else LeadSupport.twelve_only())
+        except LeadSetError as exc:
+            raise ClassifyError(str(exc)) from None
+        self.lead_support = support
+        self.lead_backends: dict[str, Backend] = {"": self.backend}
+        self.lead_calibrations: dict[str, Calibration | None] = {}
+        for name, entry in support.sets.items():
+            if entry.model and entry.model not in self.lead_backends:
+                path = self.path.parent / entry.model
+                if not path.is_file():
+                    raise ClassifyError(
+                        f"{path}: network for lead set {name} missing; {self.path.name} needs '{entry.model}' beside it "
+                        "(copy every file of the export.pipeline output folder)"
+                    )
+                backend = make_backend(path, environ)
+                try:
+                    meta = ModelMeta.from_props(backend.metadata(), source=str(path))
+                except MetadataError as exc:
+                    raise ClassifyError(str(exc)) from None
+                if list(meta.labels) != list(self.meta.labels) or PreprocessConfig.from_dict(meta.preprocess) != self.pre:
+                    raise ClassifyError(f"{path}: labels or preprocessing differ from {self.path.name}'s; they cannot serve one app")
+                self.lead_backends[entry.model] = backend
+            cal = None
+            if entry.calibration is not None:
+                try:
+                    cal = Calibration.from_json(json.dumps(entry.calibration), source=f"{self.path} (lead set {name})")
+                except MetadataError as exc:
+                    raise ClassifyError(str(exc)) from None
+            self.lead_calibrations[name] = cal
 
     def _load_pipeline(self, text: str, environ: dict[str, str] | None) -> None:
         """Check the pipeline metadata and load its feature model; every problem is a ClassifyError naming the file."""
@@ -451,7 +526,8 @@ class Classifier:
         if self.pipeline is None or self.feature_backend is None:
             final = self.finalize(p_net)
             timings["calibration"] = (time.perf_counter() - t2) * 1e3
-            return Prediction(final, self.thresholds, p_net, None, self.parts, None, timings, p_net, self.decision_thresholds)
+            return Prediction(final, self.thresholds, p_net, None, self.parts, None, timings, p_net, self.decision_thresholds,
+                              calibrated=self.calibration is not None)
         row = self.feature_row(signal, fs)
         t3 = time.perf_counter()
         p_feat = np.asarray(self.feature_backend.run({FEATURE_MODEL_INPUT: row}))[0]
@@ -463,45 +539,105 @@ class Classifier:
         t5 = time.perf_counter()
         timings.update(features=(t3 - t2) * 1e3, feature_model=(t4 - t3) * 1e3, fusion=(t5 - t4) * 1e3)
         return Prediction(final, self.thresholds, p_net, p_feat, self.parts, self.pipeline.network_weight, timings,
-                          fused, self.decision_thresholds)
+                          fused, self.decision_thresholds, calibrated=self.calibration is not None)
+
+    def predict_leads(self, signal: np.ndarray, fs: float, leads: tuple[str, ...], name: str, fed: tuple[str, ...]) -> Prediction:
+        """Record probabilities from a reduced lead set: ``signal`` ``(len(leads), T)`` mV with rows named
+        ``leads``; the network of lead set ``name`` is fed the ``fed`` leads, the others zeroed. Network
+        alone (the feature model was trained on 12-lead records), the set's thresholds and calibration."""
+        entry = self.lead_support.sets[name]
+        t0 = time.perf_counter()
+        try:
+            x = preprocess(signal, fs, self.pre)
+        except ValueError as exc:
+            raise ClassifyError(str(exc)) from None
+        x = zero_absent(expand(x, leads), fed)
+        w = windows(x, self.pre, max_windows=EVAL_MAX_WINDOWS)
+        t1 = time.perf_counter()
+        out = np.asarray(self.lead_backends[entry.model].run({INPUT_NAME: np.ascontiguousarray(w, dtype=np.float32)}))
+        probs = out if self.meta.output == "probabilities" else 1 / (1 + np.exp(-out))
+        p_net = probs.max(axis=0)
+        t2 = time.perf_counter()
+        decision = list(entry.thresholds) if entry.thresholds is not None else list(self.meta.thresholds)
+        cal = self.lead_calibrations.get(name)
+        final = np.asarray(p_net, dtype=np.float64) if cal is None else cal.apply(p_net)
+        shown = decision if cal is None else [float(v) for v in cal.apply(np.array(decision))]
+        timings = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3}
+        return Prediction(final, shown, p_net, None, ("network",), None, timings, p_net, decision,
+                          lead_set=name, leads_used=fed, calibrated=cal is not None)
+
+    def route(self, rec: Record, leads: Sequence[str] | None, bad: Sequence[str]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        """(lead set name, leads fed, leads dropped as unreadable) for a record, or a ClassifyError naming its leads."""
+        name_of_file = Path(rec.path).name
+        have = ordered(canonical_lead(n) for n in rec.leads)
+        present = have
+        if leads is not None:
+            lacking = [lead for lead in leads if lead not in have]
+            if lacking:
+                raise ClassifyError(
+                    f"{name_of_file} has lead(s) {', '.join(rec.leads)}; the leads asked for include {', '.join(lacking)}, which it lacks"
+                )
+            present = ordered(leads)
+        dropped = tuple(lead for lead in present if lead in set(bad))
+        usable = tuple(lead for lead in present if lead not in set(bad))
+        name = self.lead_support.choose(usable)
+        if name is None:
+            why = f" ({', '.join(dropped)} unreadable)" if dropped else ""
+            raise ClassifyError(
+                f"{name_of_file}: no model here supports its leads: it has {', '.join(rec.leads) or 'none'}{why}; "
+                f"usable: {', '.join(usable) or 'none'}. Supported lead sets: {self.lead_support.describe()}"
+            )
+        return name, self.lead_support.fed_leads(name, usable), dropped
 
     def probabilities(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
         """Record probabilities (fused for a pipeline) and inference time in ms (see :class:`Prediction`)."""
         p = self.predict(signal, fs)
         return p.probabilities, p.inference_ms
 
-    def classify(self, record_path: Path | str, *, display: bool = True, quality: bool = True) -> Result:
+    def classify(self, record_path: Path | str, *, display: bool = True, quality: bool = True,
+                 leads: Sequence[str] | None = None) -> Result:
         """Read, check, classify one file. ``display=False`` skips the screen's copy of the signal (tables);
-        ``quality=False`` skips the signal-quality check."""
+        ``quality=False`` skips the signal-quality check; ``leads`` uses only these of the record's leads."""
         try:
             rec = read_any(record_path)
         except RecordError as exc:
             raise ClassifyError(f"cannot read {Path(exc.path).name}: {exc.problem}") from None
-        return self.classify_record(rec, display=display, quality=quality)
+        return self.classify_record(rec, display=display, quality=quality, leads=leads)
 
-    def classify_record(self, rec: Record, *, display: bool = True, quality: bool = True) -> Result:
-        """:meth:`classify` of a record already read."""
-        if rec.signal.shape[0] != 12 or tuple(rec.leads) != LEADS:
-            raise ClassifyError(
-                f"{Path(rec.path).name} has {rec.signal.shape[0]} lead(s) ({', '.join(rec.leads)}); "
-                "the model needs the 12 standard leads"
-            )
-        q = assess(rec.signal, rec.fs) if quality else None
-        pred = self.predict(rec.signal, rec.fs)
+    def classify_record(self, rec: Record, *, display: bool = True, quality: bool = True,
+                        leads: Sequence[str] | None = None) -> Result:
+        """:meth:`classify` of a record already read (module docstring: how its leads are routed)."""
+        q = assess(rec.signal, rec.fs, leads=tuple(rec.leads)) if quality else None
+        name, fed, dropped = self.route(rec, leads, q.bad_leads if q is not None else ())
+        if len(fed) == len(LEADS) and tuple(rec.leads) == LEADS and self.lead_support.sets[name].model == "":
+            pred = self.predict(rec.signal, rec.fs)
+        else:
+            rows = [i for i, n in enumerate(rec.leads) if canonical_lead(n) in LEADS]
+            pred = self.predict_leads(rec.signal[rows], rec.fs, tuple(canonical_lead(rec.leads[i]) for i in rows), name, fed)
         labels = list(self.meta.labels)
         positives = [n for n, pos in zip(labels, pred.positive) if pos]
         return Result(
             record=rec.record_id, site=rec.site, fs=rec.fs, duration_s=rec.duration_s, labels=labels,
             probabilities=[float(p) for p in pred.probabilities], thresholds=list(pred.thresholds), positives=positives,
             inference_ms=pred.inference_ms, model=self.description,
-            display=display_signal(rec.signal, rec.fs, self.pre) if display else np.zeros((12, 0), dtype=np.float32),
+            display=display_leads(rec, self.pre) if display else np.zeros((12, 0), dtype=np.float32),
             reference=[n for n in labels if n in rec.classes], parts=list(pred.parts),
             network_probabilities=[float(p) for p in pred.network],
             feature_probabilities=None if pred.features is None else [float(p) for p in pred.features],
-            network_weight=pred.network_weight, quality=q, calibrated=self.calibration is not None,
+            network_weight=pred.network_weight, quality=q, calibrated=pred.calibrated,
             uncalibrated_probabilities=[float(p) for p in (pred.uncalibrated if pred.uncalibrated is not None else pred.probabilities)],
-            source_path=str(rec.path),
+            source_path=str(rec.path), record_leads=list(rec.leads), lead_set=pred.lead_set,
+            leads_used=list(pred.leads_used), dropped_leads=list(dropped),
         )
+
+
+def display_leads(rec: Record, pre: PreprocessConfig) -> np.ndarray:
+    """The screen's 12 rows of a record: its standard leads in place, zero rows for the ones it lacks."""
+    rows = [i for i, n in enumerate(rec.leads) if canonical_lead(n) in LEADS]
+    shown = display_signal(rec.signal[rows], rec.fs, pre)
+    if len(rows) == len(LEADS) and tuple(rec.leads) == LEADS:
+        return shown
+    return expand(shown, [canonical_lead(rec.leads[i]) for i in rows])
 
 
 def display_signal(signal: np.ndarray, fs: float, pre: PreprocessConfig) -> np.ndarray:

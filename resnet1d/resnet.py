@@ -27,6 +27,15 @@ for a reason:
    stored in the checkpoint and the ONNX file); with any other norm they pass as they come (the
    producer scales them to order 1), because GroupNorm over one value per group is constant and
    differential privacy forbids batch statistics. A Linear + ReLU then maps them to ``feature_hidden``.
+8. Recordings with fewer leads (issue 21). Absent leads arrive as zero rows. ``lead_mask=True`` (a
+   model for any subset): the model derives the presence mask from the input (a lead is present when
+   any of its samples is non-zero; a standardised flat lead is zero too, so a dead electrode counts
+   as absent) and gives it to the stem, as 12 constant channels beside the leads, and to the head,
+   beside the pooled embedding: the same weights can then weigh a limb lead differently when the
+   precordial leads are missing. Derived rather than a second input so that the ONNX contract
+   (one input ``ecg``) stays, and the mask cannot disagree with the zeroed rows.
+   ``input_mask`` (0/1 per input lead, a model for one fixed lead set) zeroes the other leads
+   inside the model, so that the exported file ignores whatever a caller puts there.
 """
 
 from __future__ import annotations
@@ -88,11 +97,14 @@ class ResNet1d(nn.Module):
         num_features: int = 0,
         feature_hidden: int = 32,
         norm_layer: str | NormLayer | None = "batch",
+        lead_mask: bool = False,
+        input_mask: Sequence[int] | None = None,
     ) -> None:
         """``layers``/``widths``/``strides``: blocks, channels and time stride per stage (lists or tuples of
         equal length); ``stem_kernel``/``kernel``: odd kernel sizes of the stem and of the blocks; ``se``:
         squeeze-and-excitation in every block; ``num_features`` > 0 makes a hybrid model whose forward
-        takes ``(x, features)``; ``norm_layer``: ``"batch"``, ``"group"`` or a callable ``channels -> module``."""
+        takes ``(x, features)``; ``norm_layer``: ``"batch"``, ``"group"`` or a callable ``channels -> module``;
+        ``lead_mask``/``input_mask``: reduced lead sets (module docstring, item 8)."""
         super().__init__()
         if not layers or not len(layers) == len(widths) == len(strides):
             raise ValueError(
@@ -113,7 +125,16 @@ class ResNet1d(nn.Module):
         norm = make_norm(norm_layer)
         self.in_leads = in_leads
         self.num_features = num_features
-        self.stem = nn.Sequential(ConvNormAct(in_leads, widths[0], stem_kernel, 2, norm), nn.MaxPool1d(3, 2, 1))
+        self.lead_mask = bool(lead_mask)
+        if input_mask is not None:
+            values = [int(v) for v in input_mask]
+            if len(values) != in_leads or set(values) - {0, 1} or not any(values):
+                raise ValueError(f"input_mask must be {in_leads} values of 0 or 1, at least one 1; got {list(input_mask)}")
+            self.register_buffer("input_mask", torch.tensor(values, dtype=torch.float32).view(1, in_leads, 1))
+        else:
+            self.input_mask = None
+        stem_in = 2 * in_leads if self.lead_mask else in_leads
+        self.stem = nn.Sequential(ConvNormAct(stem_in, widths[0], stem_kernel, 2, norm), nn.MaxPool1d(3, 2, 1))
         stages: list[nn.Module] = []
         c = widths[0]
         for n, w, st in zip(layers, widths, strides):
@@ -130,6 +151,8 @@ class ResNet1d(nn.Module):
                 _feature_norm(norm, num_features), nn.Linear(num_features, feature_hidden), nn.ReLU()
             )
             embed += feature_hidden
+        if self.lead_mask:
+            embed += in_leads
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
@@ -143,11 +166,50 @@ class ResNet1d(nn.Module):
             raise ValueError("this model has num_features=0: call it with the ECG only")
         if self.feature_net is not None:
             _check_features(features, self.num_features)
+        if self.input_mask is not None:
+            x = x * self.input_mask
+        present = None
+        if self.lead_mask:
+            present = (x.abs().amax(dim=-1, keepdim=True) > 0).to(x.dtype)  # [batch, leads, 1]
+            x = torch.cat([x, present.expand(-1, -1, x.shape[-1])], dim=1)
         h = self.stages(self.stem(x))
         z = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
         if self.feature_net is not None:
             z = torch.cat([z, self.feature_net(features)], dim=1)
+        if present is not None:
+            z = torch.cat([z, present.squeeze(-1)], dim=1)
         return self.head(z)
+
+
+def load_widened(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` into ``model`` where a tensor of the model is larger along one axis (the lead-mask
+    channels of the stem, the mask inputs of the head): the saved values fill the leading part and the
+    rest is zero, so the widened model starts out computing exactly what the saved one did (the new
+    inputs are appended last). Returns the names widened; any other mismatch raises."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own) - {"input_mask"})
+    if missing and missing != ["input_mask"] or unexpected:
+        raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
+    widened = []
+    merged = {}
+    for name, target in own.items():
+        if name not in state:
+            merged[name] = target
+            continue
+        src = state[name]
+        if src.shape == target.shape:
+            merged[name] = src
+            continue
+        grow = [i for i, (a, b) in enumerate(zip(src.shape, target.shape)) if a != b]
+        if src.dim() != target.dim() or len(grow) != 1 or src.shape[grow[0]] > target.shape[grow[0]]:
+            raise ValueError(f"{name}: saved shape {tuple(src.shape)} cannot widen to {tuple(target.shape)}")
+        new = torch.zeros_like(target)
+        new.narrow(grow[0], 0, src.shape[grow[0]]).copy_(src)
+        merged[name] = new
+        widened.append(name)
+    model.load_state_dict(merged)
+    return widened
 
 
 def _feature_norm(norm: NormLayer, num_features: int) -> nn.Module:

@@ -1,0 +1,201 @@
+"""Reduced lead sets (issue 21): what each standard lead set loses, in patient-level cross-validation.
+
+    python benchmarks/leads.py --data ../shared/data --baseline runs/cv_recipe \\
+        --masked runs/leads/masked --per-set 'runs/leads/set{set}' --out benchmarks/results
+
+Three ways to classify a record that has only some of the twelve leads, each scored on the same five
+patient folds (the folds of ``python -m federated.train --folds 5 --seed 0``), on each fold's test part:
+
+* naive: the 12-lead model (``--baseline``: a ``--folds`` run's fold checkpoints) with the absent
+  leads zeroed. Shown twice: at its 12-lead thresholds (what running it unchanged gives) and at
+  thresholds re-tuned per lead set on the fold's validation part;
+* one model for any subset (``--masked``: ``--lead-masking``), thresholds tuned per set on validation;
+* one model per set (``--per-set``, ``{set}`` replaced by 6, 4, 3, 2, 1: ``--leads S``), thresholds
+  tuned on validation; for 12 leads this is the 12-lead model itself.
+
+Thresholds and every choice come from the validation parts; test parts are only scored. Figures are
+the mean and standard deviation over folds of the test-part metrics. Writes ``leads.md``,
+``leads.json`` and ``leads.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks.common import machine_line  # noqa: E402
+from cpsc2018.leadsets import STANDARD_SETS, presence  # noqa: E402
+from federated.checkpoint import load_checkpoint  # noqa: E402
+from federated.config import TrainConfig  # noqa: E402
+from federated.cv import fold_experiments, mean_sd  # noqa: E402
+from federated.data import eval_loader, prepare  # noqa: E402
+from federated.engine import evaluate, predict_records  # noqa: E402
+from federated.metrics import tune_thresholds  # noqa: E402
+from federated.outputs import json_safe  # noqa: E402
+from cpsc2018.util import atomic_write_text  # noqa: E402
+
+METHODS = ("naive (12-lead thresholds)", "naive", "any-subset model", "per-set model")
+
+
+def score_fold(exp, ckpt_path: Path, cfg: TrainConfig, sets: list[str]) -> dict[str, dict]:
+    """Per lead set: validation-tuned thresholds and test metrics of one checkpoint on one fold."""
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt.split.get("test_ids") and sorted(ckpt.split["test_ids"]) != sorted(exp.split_info["test_ids"]):
+        raise SystemExit(f"{ckpt_path}: its test records are not this fold's; was it trained with --folds {cfg.folds} --seed {cfg.seed}?")
+    model = ckpt.build_model()
+    val_idx, test_idx = exp.split["val"], exp.split["test"]
+    out = {}
+    for name in sets:
+        mask = presence(STANDARD_SETS[name])
+        pv, _ = predict_records(model, eval_loader(exp, val_idx, cfg), len(val_idx), torch.device("cpu"), present=mask)
+        pt, _ = predict_records(model, eval_loader(exp, test_idx, cfg), len(test_idx), torch.device("cpu"), present=mask)
+        tv, tt = exp.targets[val_idx], exp.targets[test_idx]
+        thr = tune_thresholds(tv, pv)
+        out[name] = {
+            "test": evaluate(pt, tt, exp.labels, thr),
+            "test_12_thresholds": evaluate(pt, tt, exp.labels, ckpt.thresholds),
+            "val_auroc": evaluate(pv, tv, exp.labels, thr)["macro"]["auroc"],
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--baseline", type=Path, required=True, help="12-lead --folds run (fold0/best.pt ...)")
+    p.add_argument("--masked", type=Path, required=True, help="--lead-masking --folds run")
+    p.add_argument("--per-set", default="", help="--leads S --folds runs, '{set}' in the path (optional)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    sets = list(STANDARD_SETS)
+    cfg = TrainConfig(data=args.data, folds=args.folds, seed=args.seed, workers=args.workers)
+    base_cfg = load_checkpoint(args.baseline / "fold0" / "best.pt").config
+    cfg.ptbxl_rate = base_cfg.get("ptbxl_rate", cfg.ptbxl_rate)
+    exp = prepare(cfg)
+    folds = fold_experiments(exp, cfg)
+    cache = args.out / ".leads_folds"
+    cache.mkdir(parents=True, exist_ok=True)
+    per_fold: dict[str, dict[str, list]] = {m: {s: [] for s in sets} for m in METHODS}
+    for i, fexp in enumerate(tqdm(folds, desc="folds")):
+        part = cache / f"fold{i}.json"
+        if part.exists():  # a killed run keeps its finished folds
+            done = json.loads(part.read_text())
+        else:
+            naive = score_fold(fexp, args.baseline / f"fold{i}" / "best.pt", cfg, sets)
+            masked = score_fold(fexp, args.masked / f"fold{i}" / "best.pt", cfg, sets)
+            own = {"12": naive["12"]}
+            for s in sets[1:]:
+                path = Path(args.per_set.replace("{set}", s)) / f"fold{i}" / "best.pt" if args.per_set else None
+                if path is not None and path.exists():
+                    own.update(score_fold(fexp, path, cfg, [s]))
+            done = {
+                "naive (12-lead thresholds)": {s: {"test": v["test_12_thresholds"]} for s, v in naive.items()},
+                "naive": naive, "any-subset model": masked, "per-set model": own,
+            }
+            atomic_write_text(part, json.dumps(json_safe(done)))
+        for m in METHODS:
+            for s, v in done[m].items():
+                per_fold[m][s].append(v["test"])
+    labels = list(exp.labels)
+    summary = {
+        m: {s: summarize(per_fold[m][s], labels) for s in sets if per_fold[m][s]} for m in METHODS
+    }
+    result = {"machine": machine_line(), "records": len(exp.entries), "folds": args.folds, "seed": args.seed,
+              "sets": {s: list(STANDARD_SETS[s]) for s in sets}, "summary": summary}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "leads.json", json.dumps(json_safe(result), indent=1))
+    plot(summary, sets, args.out / "leads.png")
+    atomic_write_text(args.out / "leads.md", markdown(result, labels, sets, args))
+    print(f"wrote {args.out / 'leads.md'}")
+    return 0
+
+
+def summarize(folds: list[dict], labels: list[str]) -> dict:
+    out = {"n_folds": len(folds), "macro": {}, "per_class": {}}
+    for metric in ("f1", "auroc"):
+        out["macro"][metric] = mean_sd([f["macro"][metric] for f in folds])
+        for c in labels:
+            out["per_class"].setdefault(c, {})[metric] = mean_sd([f["per_class"][c][metric] for f in folds])
+    return out
+
+
+def _ms(d: dict) -> str:
+    return f"{d['mean']:.3f} ± {d['sd']:.3f}"
+
+
+def markdown(result: dict, labels: list[str], sets: list[str], args) -> str:
+    s = result["summary"]
+    lines = [
+        "# Reduced lead sets: 12, 6, 4, 3, 2 and 1 lead (issue 21)", "",
+        result["machine"], "",
+        f"{result['records']} 12-lead records, {result['folds']}-fold patient cross-validation (seed {result['seed']}, the folds of "
+        "`federated.train --folds`); test parts, mean ± sd over folds. A reduced set is simulated on the 12-lead records "
+        "by zeroing the other leads after preprocessing, as the app does for a recording that lacks them.", "",
+        "Lead sets: " + "; ".join(f"**{k}** {', '.join(v)}" for k, v in result["sets"].items()) + ".", "",
+        "Methods: *naive*: the 12-lead model with the absent leads zeroed (at its own 12-lead thresholds, and at "
+        "thresholds re-tuned per set on validation); *any-subset model*: one model fine-tuned from the 12-lead one with random "
+        "lead sets (`--lead-masking`), thresholds per set; *per-set model*: the 12-lead model fine-tuned for one set "
+        "(`--leads S`). Fine-tuning: 5 epochs from each fold's 12-lead model, the same for both.", "",
+        f"Command: `python benchmarks/leads.py --data {args.data} --baseline {args.baseline} --masked {args.masked}"
+        + (f" --per-set '{args.per_set}'" if args.per_set else "") + "`", "",
+    ]
+    for metric, title in (("auroc", "Macro AUROC"), ("f1", "Macro F1")):
+        lines += [f"## {title}", "", "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for m in METHODS:
+            if metric == "auroc" and m == "naive (12-lead thresholds)":
+                continue  # thresholds do not change AUROC
+            row = [(_ms(s[m][k]["macro"][metric]) if k in s[m] else "–") for k in sets]
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+        lines.append("")
+    for m in ("any-subset model", "naive"):
+        for metric, title in (("auroc", "AUROC"), ("f1", "F1")):
+            lines += [f"## Per class {title}: {m}", "", "| leads | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+            for k in sets:
+                if k in s[m]:
+                    lines.append(f"| {k} | " + " | ".join(_ms(s[m][k]["per_class"][c][metric]) for c in labels) + " |")
+            lines.append("")
+    lines += ["![macro AUROC and F1 per lead set](leads.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, sets: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(sets))
+    for ax, metric in zip(axes, ("auroc", "f1")):
+        for j, m in enumerate(METHODS):
+            if metric == "auroc" and m == "naive (12-lead thresholds)":
+                continue
+            ks = [k for k in sets if k in summary[m]]
+            xs = [sets.index(k) + (j - 1.5) * 0.08 for k in ks]
+            ys = [summary[m][k]["macro"][metric]["mean"] for k in ks]
+            es = [summary[m][k]["macro"][metric]["sd"] for k in ks]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+        ax.set_xticks(x, [f"{k} lead{'s' if k != '1' else ''}" for k in sets])
+        ax.set_ylabel(f"test macro {metric.upper()}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
