@@ -152,6 +152,12 @@ class Quality:
         return tuple(q.lead for q in self.leads if q.bad)
 
     @property
+    def dead_leads(self) -> tuple[str, ...]:
+        """Leads with no signal (missing or flat): what the app leaves out, routing the record to the
+        reduced lead set of the leads that remain (issue 21). Clipped and noisy leads stay in."""
+        return tuple(q.lead for q in self.leads if {"missing", "flat"} & set(q.flags))
+
+    @property
     def warned_leads(self) -> tuple[str, ...]:
         """Every lead with any flag (the bad ones and those with warnings)."""
         return tuple(q.lead for q in self.leads if q.flags)

@@ -61,6 +61,9 @@ class ModelMeta:
     metrics: dict = field(default_factory=dict)  # validation/test metrics of the checkpoint
     split: dict = field(default_factory=dict)  # seed, val/test record ids, data_options (gate, evaluate)
     quantization: dict = field(default_factory=dict)  # {} for fp32; method, calibration for int8
+    # The lead sets the file serves (issue 21): cpsc2018.leadsets.LeadSupport JSON, read by the app;
+    # "" (older files): the 12 leads only.
+    lead_sets: str = ""
     version: str = FORMAT_VERSION
 
     @property
@@ -82,6 +85,7 @@ class ModelMeta:
             "metrics": json.dumps(self.metrics, sort_keys=True),
             "split": json.dumps(self.split, sort_keys=True),
             "quantization": json.dumps(self.quantization, sort_keys=True),
+            **({"lead_sets": self.lead_sets} if self.lead_sets else {}),
         }
 
     @classmethod
@@ -111,6 +115,7 @@ class ModelMeta:
             metrics=get("metrics", True, {}),
             split=get("split", True, {}),
             quantization=get("quantization", True, {}),
+            lead_sets=str(props.get("lead_sets", "")),
             version=props["ecglite.version"],
         )
         if len(meta.thresholds) != len(meta.labels):

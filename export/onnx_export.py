@@ -57,7 +57,17 @@ def meta_from_checkpoint(ckpt: Checkpoint, quantization: dict | None = None) -> 
         metrics=_finite(ckpt.metrics),
         split={k: v for k, v in ckpt.split.items()},
         quantization=quantization or {},
+        lead_sets=_lead_sets(ckpt),
     )
+
+
+def _lead_sets(ckpt: Checkpoint) -> str:
+    """The ``lead_sets`` metadata of a 12-lead record model (none for heartbeat models)."""
+    if ckpt.label_set == "aami":
+        return ""
+    from cpsc2018.leadsets import LeadSupport
+
+    return LeadSupport.for_model(ckpt.model_kwargs, ckpt.lead_thresholds).to_json()
 
 
 def _finite(obj):

@@ -50,6 +50,7 @@ class LoadedModel:
     split: dict
     description: str
     data_options: dict
+    lead_sets: str = ""  # cpsc2018.leadsets.LeadSupport JSON ("" = the 12 leads only)
 
 
 def load_model(path: Path) -> LoadedModel:
@@ -67,6 +68,7 @@ def load_model(path: Path) -> LoadedModel:
         return LoadedModel(
             predictor.predict_windows, meta.labels, meta.label_set, meta.thresholds,
             PreprocessConfig.from_dict(meta.preprocess), meta.split, f"ONNX {meta.model_name}", meta.data_options,
+            meta.lead_sets,
         )
     import torch
 
@@ -91,9 +93,41 @@ def load_model(path: Path) -> LoadedModel:
         logits = model(x, torch.from_numpy(feature_fn(w))) if feature_fn else model(x)
         return torch.sigmoid(logits).numpy()
 
+    from cpsc2018.leadsets import LeadSupport
+
     return LoadedModel(
         predict, ckpt.labels, ckpt.label_set, ckpt.thresholds, pre, ckpt.split, f"checkpoint {ckpt.model_name}", ckpt.data_options,
+        LeadSupport.for_model(ckpt.model_kwargs, ckpt.lead_thresholds).to_json(),
     )
+
+
+def for_leads(model: LoadedModel, path: Path, leads: tuple[str, ...]) -> tuple[LoadedModel, str]:
+    """The model (or its sibling network) and thresholds that serve records with only ``leads``, and a
+    line saying which. A set the model does not support is still scored, with the absent leads zeroed at
+    the 12-lead thresholds (the naive baseline of benchmarks/leads.py), and the line says so."""
+    import dataclasses
+
+    from cpsc2018.leadsets import LeadSetError, LeadSupport, set_name
+
+    try:
+        support = LeadSupport.from_json(model.lead_sets, str(path), len(model.labels)) if model.lead_sets else LeadSupport.twelve_only()
+    except LeadSetError as exc:
+        raise EvaluationError(str(exc)) from None
+    name = support.choose(leads)
+    if name is None:
+        return model, (f"leads {set_name(leads)}: not a lead set this model supports ({support.describe()}); "
+                       "scored with the other leads zeroed at its 12-lead thresholds (naive)")
+    entry = support.sets[name]
+    chosen = model
+    if entry.model:
+        sibling = path.parent / entry.model
+        chosen = load_model(sibling)
+        if chosen.labels != model.labels:
+            raise EvaluationError(f"{sibling}: labels differ from {path}'s")
+    thresholds = list(entry.thresholds) if entry.thresholds is not None else list(chosen.thresholds)
+    fed = support.fed_leads(name, leads)
+    return (dataclasses.replace(chosen, thresholds=thresholds),
+            f"leads {set_name(leads)}: lead set {name} ({entry.model or path.name}), fed {', '.join(fed)}, its own thresholds")
 
 
 def select_entries(entries: list[Entry], split: str, model: LoadedModel, data: Path) -> list[Entry]:
@@ -112,8 +146,12 @@ def select_entries(entries: list[Entry], split: str, model: LoadedModel, data: P
     return chosen
 
 
-def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: int = EVAL_MAX_WINDOWS, progress: bool = False) -> tuple[np.ndarray, list[Entry], list[dict]]:
-    """Record-level probabilities: max over each record's deterministic windows (as in training)."""
+def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: int = EVAL_MAX_WINDOWS, progress: bool = False,
+                         leads: tuple[str, ...] | None = None) -> tuple[np.ndarray, list[Entry], list[dict]]:
+    """Record-level probabilities: max over each record's deterministic windows (as in training);
+    ``leads``: only these leads, the others zeroed after preprocessing (what the app does)."""
+    from cpsc2018.leadsets import zero_absent
+
     probs, kept, skipped = [], [], []
     for e in tqdm(entries, desc="scoring", unit="rec", disable=not progress):
         try:
@@ -121,17 +159,22 @@ def record_probabilities(model: LoadedModel, entries: list[Entry], max_windows: 
         except (RecordError, ValueError) as exc:
             skipped.append({"path": e.path, "reason": str(exc)})
             continue
+        if leads is not None:
+            x = zero_absent(x, leads)
         probs.append(model.predict(windows(x, model.pre, max_windows)).max(axis=0))
         kept.append(e)
     return (np.array(probs) if probs else np.zeros((0, len(model.labels)))), kept, skipped
 
 
-def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool = False) -> dict:
+def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool = False, leads: tuple[str, ...] | None = None) -> dict:
     from federated.beats.evaluate import evaluate_beat_model, is_beat_model
 
     if path.exists() and is_beat_model(path):  # heartbeats: every annotated beat under DATA (federated.beats)
         return evaluate_beat_model(path, data, progress=progress)
     model = load_model(path)
+    lead_note = ""
+    if leads is not None:
+        model, lead_note = for_leads(model, path, leads)
     rate = int(model.data_options["ptbxl_rate"])
     try:
         catalog = scan(data, ptbxl_rate=rate, progress=progress)
@@ -140,13 +183,15 @@ def evaluate_model(path: Path, data: Path, split: str = "test", progress: bool =
     entries = select_entries(catalog.entries, split, model, data)
     if not entries:
         raise EvaluationError(f"no readable 12-lead record under {data}")
-    probs, kept, skipped = record_probabilities(model, entries, progress=progress)
+    probs, kept, skipped = record_probabilities(model, entries, progress=progress, leads=leads)
     if not kept:
         raise EvaluationError(f"none of the {len(entries)} records under {data} could be preprocessed")
     y = np.array([e.targets(model.label_set) for e in kept])
     result = multilabel_metrics(y, probs, model.labels, model.thresholds)
     result["model"] = model.description
     result["split"] = split
+    result["leads"] = list(leads) if leads is not None else None
+    result["lead_note"] = lead_note
     result["skipped"] = skipped
     result["ptbxl_rate"] = rate
     result["ptbxl_rates_read"] = ptbxl_rates_read(kept)
@@ -164,6 +209,8 @@ def _fmt(v: float) -> str:
 def format_report(r: dict) -> str:
     keys = ("f1", "sensitivity", "specificity", "precision", "auroc", "auprc")
     lines = [f"{r['model']} on {r['records']} records ({r['split']} split)", ""]
+    if r.get("lead_note"):
+        lines[1:1] = [r["lead_note"]]
     lines.append(f"{'class':<8}" + "".join(f"{k[:11]:>12}" for k in keys) + f"{'n+':>6}")
     for name, m in r["per_class"].items():
         lines.append(f"{name:<8}" + "".join(f"{_fmt(m[k]):>12}" for k in keys) + f"{m['positives']:>6}")
@@ -190,9 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=default_data_dir(), help="data folder (env ECG_DATA)")
     p.add_argument("--split", choices=("test", "all"), default="test")
     p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
+    p.add_argument("--leads", default=None, help="score with only these leads (the others zeroed): a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2")
     args = p.parse_args(argv)
+    leads = None
+    if args.leads is not None:
+        from cpsc2018.leadsets import LeadSetError, parse_leads
+
+        try:
+            leads = parse_leads(args.leads)
+        except LeadSetError as exc:
+            p.error(f"--leads: {exc}")
     try:
-        result = evaluate_model(args.model_file, args.data, args.split, progress=sys.stderr.isatty())
+        result = evaluate_model(args.model_file, args.data, args.split, progress=sys.stderr.isatty(), leads=leads)
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``python -m mobile_app [--model FILE] [--record FILE] [--gain 5|10|20] [--screenshot FILE] [--result-json FILE]``
+"""``python -m mobile_app [--model FILE] [--record FILE] [--leads SET] [--gain 5|10|20] [--screenshot FILE] [--result-json FILE]``
 
 Opens the phone-shaped Kivy window. ``--screenshot`` renders the screen after inference, saves a PNG
 and quits (for docs and tests). Arguments are parsed before Kivy is imported, so ``--help`` works
@@ -39,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screenshot", type=Path, default=None, help="save the screen as PNG after inference and quit")
     p.add_argument("--result-json", type=Path, default=None, help="with --screenshot: also write what the screen shows as JSON")
     p.add_argument("--gain", type=float, choices=(5.0, 10.0, 20.0), default=10.0, help="ECG paper gain, mm/mV")
+    p.add_argument("--leads", default=None, help="use only these leads of a recording: a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2")
     args = p.parse_args(argv)
+    leads = None
+    if args.leads is not None:
+        from cpsc2018.leadsets import LeadSetError, parse_leads
+
+        try:
+            leads = parse_leads(args.leads)
+        except LeadSetError as exc:
+            p.error(f"--leads: {exc}")
     problem = missing_display()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     from mobile_app.app import run
 
-    run(args.model, args.record, args.screenshot, args.result_json, args.gain)
+    run(args.model, args.record, args.screenshot, args.result_json, args.gain, leads)
     return 0
 
 

@@ -14,7 +14,7 @@ from kivy.properties import ListProperty, NumericProperty, StringProperty
 from kivy.uix.screenmanager import NoTransition, Screen, ScreenManager
 
 from cpsc2018.readers import read_any
-from cpsc2018.records import RecordError
+from cpsc2018.records import LEADS, RecordError
 from cpsc2018.util import atomic_write_text
 from mobile_app.explain import Explanation, explain
 from mobile_app.inference import DISPLAY_FS, Classifier, ClassifyError, Result
@@ -61,8 +61,9 @@ class EcgLiteApp(App):
     title = "ECG-Lite"
 
     def __init__(self, model: Path, record: Path | None, screenshot: Path | None, result_json: Path | None,
-                 gain: float = 10.0, **kw) -> None:
+                 gain: float = 10.0, leads: tuple[str, ...] | None = None, **kw) -> None:
         super().__init__(**kw)
+        self.leads = leads  # --leads: use only these leads of every recording (None: all it has that read well)
         self.model_path, self.record, self.screenshot, self.result_json = model, record, screenshot, result_json
         self.initial_gain = gain
         self.classifier: Classifier | None = None
@@ -124,9 +125,11 @@ class EcgLiteApp(App):
                 rec = read_any(path)
             except RecordError as exc:
                 raise ClassifyError(f"cannot read {Path(exc.path).name}: {exc.problem}") from None
-            result = self.classifier.classify_record(rec)
-            # What drove the findings: occlusion with the same int8 model (about 0.1-0.5 s a record).
-            why = explain(self.classifier, rec.signal, rec.fs) if result.positives and not result.withheld else None
+            result = self.classifier.classify_record(rec, leads=self.leads)
+            # What drove the findings: occlusion with the same int8 model (about 0.1-0.5 s a record); it
+            # occludes the 12 leads of the full pipeline, so a reduced lead set shows no shading.
+            full = result.leads_used == list(LEADS)
+            why = explain(self.classifier, rec.signal, rec.fs) if result.positives and not result.withheld and full else None
             self.settings.remember_record(path)
             self.show_result(result, why)
         except ClassifyError as exc:
@@ -147,7 +150,7 @@ class EcgLiteApp(App):
         self.main.message_text = ""
         self.main.record_text = f"{r.record} · {r.site} · {r.duration_s:.1f} s · {r.fs:g} Hz · {r.inference_ms:.1f} ms"
         q = r.quality
-        self.main.verdict_text = q.text if q is not None else ""
+        self.main.verdict_text = "\n".join(t for t in (q.text if q is not None else "", r.lead_note) if t)
         self.main.verdict_rgba = VERDICT_RGBA.get(q.verdict if q else "", [0.15, 0.15, 0.2, 1])
         flagged = q.warned_leads if q is not None else ()
         bars = self.main.ids.bars
@@ -191,6 +194,7 @@ class EcgLiteApp(App):
         self.stop()
 
 
-def run(model: Path, record: Path | None, screenshot: Path | None, result_json: Path | None, gain: float = 10.0) -> None:
+def run(model: Path, record: Path | None, screenshot: Path | None, result_json: Path | None, gain: float = 10.0,
+        leads: tuple[str, ...] | None = None) -> None:
     Window.size = (480, 800)  # a phone-shaped window on desktops
-    EcgLiteApp(model, record, screenshot, result_json, gain).run()
+    EcgLiteApp(model, record, screenshot, result_json, gain, leads).run()

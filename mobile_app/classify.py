@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cpsc2018.leadsets import LeadSetError, parse_leads
 from cpsc2018.readers import read_any
-from cpsc2018.records import Record
+from cpsc2018.records import LEADS, Record
 from mobile_app.inference import DEFAULT_MODEL, Classifier, ClassifyError, Result
 
 
@@ -74,7 +75,7 @@ class CheckpointBackend:
         m = self.loaded
         # The window -> probability function handles hybrid features itself: no "features" input here.
         self.meta = ModelMeta(m.description, {}, list(m.labels), m.label_set, list(m.thresholds), m.pre.to_dict(),
-                              split=dict(m.split))
+                              split=dict(m.split), lead_sets=m.lead_sets)
 
     def metadata(self) -> dict[str, str]:
         return self.meta.to_props()
@@ -99,7 +100,7 @@ def load_classifier(model: Path) -> Classifier:
 _worker: dict = {}
 
 
-def _init_worker(model: str, keep_unusable: bool, json_too: bool = False) -> None:
+def _init_worker(model: str, keep_unusable: bool, json_too: bool = False, leads: tuple[str, ...] | None = None) -> None:
     try:  # one thread per process: the processes are the parallelism
         from threadpoolctl import threadpool_limits
 
@@ -115,6 +116,7 @@ def _init_worker(model: str, keep_unusable: bool, json_too: bool = False) -> Non
     _worker["clf"] = load_classifier(Path(model))
     _worker["keep"] = keep_unusable
     _worker["json"] = json_too  # the full result is built and sent back only when it is written
+    _worker["leads"] = leads  # --leads: use only these of each record's leads
 
 
 def read_candidate(kind: str, path: str, ecg_id: int | None, rate: int) -> Record:
@@ -153,7 +155,7 @@ def _score_candidate(item: tuple[str, str, int | None, int]) -> tuple[dict, dict
         return row, None
     row.update(record=rec.record_id, source=rec.site, path=str(rec.path), fs=f"{rec.fs:g}", duration_s=f"{rec.duration_s:.2f}")
     try:
-        r = clf.classify_record(rec, display=False)
+        r = clf.classify_record(rec, display=False, leads=_worker.get("leads"))
     except ClassifyError as exc:
         row["error"] = str(exc)
         return row, None
@@ -166,7 +168,7 @@ def _score_candidate(item: tuple[str, str, int | None, int]) -> tuple[dict, dict
 def _row(r: Result, row: dict, keep_unusable: bool) -> dict:
     q = r.quality
     row.update(quality=q.verdict if q else "", bad_leads=" ".join(q.bad_leads) if q else "",
-               quality_reasons="; ".join(q.reasons) if q else "")
+               quality_reasons="; ".join(q.reasons) if q else "", lead_set=r.lead_set, leads_used=" ".join(r.leads_used))
     if not r.withheld or keep_unusable:
         for name, p, pos in zip(r.labels, r.probabilities, [n in r.positives for n in r.labels]):
             row[f"p_{name}"] = f"{p:.4f}"
@@ -183,7 +185,7 @@ def _json(r: Result) -> dict:
 
 
 def columns(labels: list[str]) -> list[str]:
-    return (["record", "source", "path", "fs", "duration_s", "quality", "bad_leads", "quality_reasons"]
+    return (["record", "source", "path", "fs", "duration_s", "quality", "bad_leads", "quality_reasons", "lead_set", "leads_used"]
             + [f"p_{n}" for n in labels] + list(labels) + ["positives", "error"])
 
 
@@ -200,7 +202,8 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def predict_folder(model: Path, data: Path, out: Path, *, workers: int = 2, json_too: bool = False,
-                   keep_unusable: bool = False, ptbxl_rate: int | None = None, progress: bool | None = None) -> dict:
+                   keep_unusable: bool = False, ptbxl_rate: int | None = None, progress: bool | None = None,
+                   leads: tuple[str, ...] | None = None) -> dict:
     """Score every record under ``data`` into the CSV ``out`` (module docstring); returns a summary."""
     from tqdm import tqdm
 
@@ -219,11 +222,11 @@ def predict_folder(model: Path, data: Path, out: Path, *, workers: int = 2, json
     rows: list[dict] = []
     full: list[dict] = []
     if workers <= 1:
-        _init_worker(str(model), keep_unusable, json_too)
+        _init_worker(str(model), keep_unusable, json_too, leads)
         results = map(_score_candidate, items)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(model), keep_unusable, json_too))
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(str(model), keep_unusable, json_too, leads))
         results = pool.map(_score_candidate, items, chunksize=16)
     try:
         for row, js in tqdm(results, total=len(items), desc="classifying", unit="rec", disable=not progress):
@@ -260,6 +263,8 @@ def _print_one(clf: Classifier, r: Result, explain: bool, record: Path) -> None:
     print(f"{r.record} ({r.site}, {r.duration_s:.1f} s at {r.fs:g} Hz) with {r.model}, {r.inference_ms:.1f} ms")
     if r.quality is not None:
         print(r.quality.text)
+    if r.lead_note:
+        print(r.lead_note)
     if r.withheld:
         print("Probabilities withheld: the recording is unusable (see above). Research tool, not a diagnosis.")
         return
@@ -275,7 +280,9 @@ def _print_one(clf: Classifier, r: Result, explain: bool, record: Path) -> None:
         for name, prob, pn, pf, thr in zip(r.labels, r.probabilities, r.network_probabilities, r.feature_probabilities, r.thresholds):
             mark = "POSITIVE" if name in r.positives else ""
             print(f"  {name:<6} {prob:6.3f}  {pn:7.3f}  {pf:8.3f}  (threshold {thr:.3f}) {mark}")
-    if explain and r.positives:
+    if explain and r.positives and r.leads_used != list(LEADS):
+        print("  (--explain covers complete 12-lead records only)")
+    elif explain and r.positives:
         from mobile_app.explain import explain as run_explain
 
         rec = read_any(record)
@@ -302,7 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="with --data: processes")
     p.add_argument("--keep-unusable", action="store_true", help="with --data: fill probabilities of unusable recordings too")
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500), default=None, help="with --data: PTB-XL rate to read (default: the model's)")
+    p.add_argument("--leads", default=None, help="use only these leads of each record: a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2 "
+                   "(default: every lead the record has that the quality check can read)")
     args = p.parse_args(argv)
+    leads = None
+    if args.leads is not None:
+        try:
+            leads = parse_leads(args.leads)
+        except LeadSetError as exc:
+            p.error(f"--leads: {exc}")
     if args.data is not None:
         if args.out is None:
             p.error("--data needs --out FILE (the CSV to write)")
@@ -310,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--workers must be at least 1")
         try:
             s = predict_folder(args.model, args.data, args.out, workers=args.workers, json_too=args.json,
-                               keep_unusable=args.keep_unusable, ptbxl_rate=args.ptbxl_rate)
+                               keep_unusable=args.keep_unusable, ptbxl_rate=args.ptbxl_rate, leads=leads)
         except ClassifyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -321,13 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         clf = load_classifier(args.model)
         record = args.record or held_out_record(clf, args.held_out)
-        r = clf.classify(record)
+        r = clf.classify(record, leads=leads)
     except ClassifyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         d = r.to_json()
-        if args.explain and r.positives and not r.withheld:
+        if args.explain and r.positives and not r.withheld and r.leads_used == list(LEADS):
             from mobile_app.explain import explain as run_explain
 
             rec = read_any(record)

@@ -48,7 +48,7 @@ import numpy as np
 
 from cpsc2018.features import EXPERT_NAMES, expert_features
 from cpsc2018.leadsets import LEAD_SETS_KEY, LeadSetError, LeadSupport, expand, ordered, set_name, zero_absent
-from cpsc2018.quality import Quality, assess
+from cpsc2018.quality import Quality, QualityThresholds, assess
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, notch, preprocess, resample, windows
 from cpsc2018.readers import read_any
 from cpsc2018.records import LEADS, Record, RecordError, canonical_lead
@@ -290,11 +290,11 @@ class Result:
     record_leads: list[str] = field(default_factory=lambda: list(LEADS))  # the leads the file has
     lead_set: str = "12"  # the supported lead set that classified it (its network and thresholds)
     leads_used: list[str] = field(default_factory=lambda: list(LEADS))  # fed to the network
-    dropped_leads: list[str] = field(default_factory=list)  # present but unreadable: left out (routing)
+    dropped_leads: list[str] = field(default_factory=list)  # present but dead (missing, flat): left out (routing)
 
     @property
     def rerouted(self) -> bool:
-        """Unreadable leads were left out and the record classified on the rest (a reduced lead set)."""
+        """Dead leads were left out and the record classified on the rest (a reduced lead set)."""
         return bool(self.dropped_leads)
 
     @property
@@ -304,7 +304,8 @@ class Result:
         if self.quality is None or self.quality.usable:
             return False
         only_leads = not (set(self.quality.record_flags) & {"few_beats", "too_short"})
-        return not (self.rerouted and only_leads)
+        still_bad = len(set(self.quality.bad_leads) - set(self.dropped_leads))
+        return not (self.rerouted and only_leads and still_bad <= QualityThresholds().max_bad_leads)
 
     @property
     def lead_note(self) -> str:
@@ -313,7 +314,7 @@ class Result:
             return ""
         text = f"Classified on {len(self.leads_used)} lead(s): {', '.join(self.leads_used)} (lead set {self.lead_set})"
         if self.dropped_leads:
-            text += f"; left out as unreadable: {', '.join(self.dropped_leads)}"
+            text += f"; left out, missing or flat: {', '.join(self.dropped_leads)}"
         return text
 
     @property
@@ -567,7 +568,8 @@ class Classifier:
                           lead_set=name, leads_used=fed, calibrated=cal is not None)
 
     def route(self, rec: Record, leads: Sequence[str] | None, bad: Sequence[str]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-        """(lead set name, leads fed, leads dropped as unreadable) for a record, or a ClassifyError naming its leads."""
+        """(lead set name, leads fed, leads dropped) for a record, or a ClassifyError naming its leads. ``bad``:
+        the leads the quality check found dead (missing or flat), left out."""
         name_of_file = Path(rec.path).name
         have = ordered(canonical_lead(n) for n in rec.leads)
         present = have
@@ -581,11 +583,19 @@ class Classifier:
         dropped = tuple(lead for lead in present if lead in set(bad))
         usable = tuple(lead for lead in present if lead not in set(bad))
         name = self.lead_support.choose(usable)
+        if name is None and dropped and self.lead_support.choose(present) is not None:
+            # No set without the dead leads (a 12-lead-only model): classify with them, as before issue 21.
+            dropped, usable = (), present
+            name = self.lead_support.choose(present)
         if name is None:
-            why = f" ({', '.join(dropped)} unreadable)" if dropped else ""
+            extra = []
+            if dropped:
+                extra.append(f"{', '.join(dropped)} missing or flat")
+            if usable != ordered(canonical_lead(n) for n in rec.leads):
+                extra.append(f"usable standard leads: {', '.join(usable) or 'none'}")
             raise ClassifyError(
-                f"{name_of_file}: no model here supports its leads: it has {', '.join(rec.leads) or 'none'}{why}; "
-                f"usable: {', '.join(usable) or 'none'}. Supported lead sets: {self.lead_support.describe()}"
+                f"{name_of_file}: no model here supports its leads ({', '.join(rec.leads) or 'none'})"
+                + (f" ({'; '.join(extra)})" if extra else "") + f". Supported lead sets: {self.lead_support.describe()}"
             )
         return name, self.lead_support.fed_leads(name, usable), dropped
 
@@ -608,7 +618,7 @@ class Classifier:
                         leads: Sequence[str] | None = None) -> Result:
         """:meth:`classify` of a record already read (module docstring: how its leads are routed)."""
         q = assess(rec.signal, rec.fs, leads=tuple(rec.leads)) if quality else None
-        name, fed, dropped = self.route(rec, leads, q.bad_leads if q is not None else ())
+        name, fed, dropped = self.route(rec, leads, q.dead_leads if q is not None else ())
         if len(fed) == len(LEADS) and tuple(rec.leads) == LEADS and self.lead_support.sets[name].model == "":
             pred = self.predict(rec.signal, rec.fs)
         else:

@@ -67,7 +67,7 @@ def test_predict_writes_one_row_per_record(folder, tmp_path, capsys):
         assert r["positives"].split() == expected.positives
         assert abs(float(r["duration_s"]) - expected.duration_s) < 0.01
     assert by_name["A1980.mat"]["error"] == "" and by_name["A1980.mat"]["p_AF"] != ""
-    assert "12 standard leads" in by_name["100.hea"]["error"] and by_name["100.hea"]["p_AF"] == ""
+    assert "supports its leads (MLII, V5)" in by_name["100.hea"]["error"] and by_name["100.hea"]["p_AF"] == ""
     for name in ("A0007.hea", "garbage.hea", "orphan.dat"):
         assert by_name[name]["error"].startswith("cannot read"), by_name[name]
     full = json.loads(out.with_suffix(".json").read_text())

@@ -1,0 +1,225 @@
+"""``python -m export.leads``: add reduced lead sets to an exported model (issue 21).
+
+    python -m export.leads --pipeline runs/ship/pipeline --leads-network runs/ship_leads/export/model.int8.onnx \\
+        --data ../shared/data
+
+The folder's ``model.int8.onnx`` (``python -m export`` or ``python -m export.pipeline`` output) keeps
+serving complete 12-lead records exactly as before. ``--leads-network`` (the int8 export of a
+checkpoint trained with ``--lead-masking``, or with ``--leads S`` for one set) is copied beside it as
+:data:`LEADS_FILE` and serves the reduced sets: per set, thresholds tuned and a calibration fitted on
+the VALIDATION records with the other leads removed, scored through the app's own path
+(:meth:`mobile_app.inference.Classifier.predict_leads`); the test records are only reported. The
+folder's network file then lists every set in its ``lead_sets`` metadata
+(:class:`cpsc2018.leadsets.LeadSupport`). Both networks must come from one training split (same
+validation and test records), which fine-tuning the shipped checkpoint with ``--init`` gives.
+
+Writes ``leads_report.md``/``leads_report.json`` beside; each file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from cpsc2018.catalog import load, scan
+from cpsc2018.leadsets import LEAD_SETS_KEY, STANDARD_SETS, LeadSetEntry, LeadSetError, LeadSupport
+from cpsc2018.records import LEADS, RecordError
+from cpsc2018.util import atomic_write_text, default_data_dir
+from export.calibration import fit_calibration
+from export.metadata import MetadataError, read_onnx_metadata
+from export.pipeline import CALIBRATION_CHOICES, MAX_SIZE_MB, NETWORK_FILE, machine
+from federated.metrics import multilabel_metrics, tune_thresholds
+from federated.outputs import json_safe
+from mobile_app.inference import Classifier, ClassifyError
+
+LEADS_FILE = "model.leads.int8.onnx"
+REPORT_FILES = ("leads_report.md", "leads_report.json")
+
+
+class LeadsExportError(ValueError):
+    """The lead sets cannot be added from these inputs; the message says which file and why."""
+
+
+def _check_pair(main: Path, reduced: Path) -> tuple[list[str], dict]:
+    try:
+        m, r = read_onnx_metadata(str(main)), read_onnx_metadata(str(reduced))
+    except MetadataError as exc:
+        raise LeadsExportError(str(exc)) from None
+    if m.labels != r.labels or m.preprocess != r.preprocess:
+        raise LeadsExportError(f"{reduced}: labels or preprocessing differ from {main}'s")
+    if sorted(m.split.get("val_ids", [])) != sorted(r.split.get("val_ids", [])) or sorted(m.split.get("test_ids", [])) != sorted(r.split.get("test_ids", [])):
+        raise LeadsExportError(
+            f"{reduced} and {main} come from different training splits: fine-tune the shipped checkpoint "
+            "(federated.train --init BEST.pt --seed SAME) so that both choose on the same validation records"
+        )
+    if not (r.model_kwargs.get("lead_mask") or r.model_kwargs.get("input_mask")):
+        raise LeadsExportError(f"{reduced}: a 12-lead model; train it with --lead-masking (any subset) or --leads S")
+    return list(m.labels), m.split
+
+
+def _scores(clf: Classifier, records: list, label_set: str, name: str, members: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated network probabilities of ``records`` with only ``members`` (the app's reduced path)."""
+    rows = [LEADS.index(lead) for lead in members]
+    ys, ps = [], []
+    for rec, y in records:
+        try:
+            pred = clf.predict_leads(rec.signal[rows], rec.fs, members, name, clf.lead_support.fed_leads(name, members))
+        except ClassifyError:
+            continue
+        ys.append(y)
+        ps.append(pred.uncalibrated)
+    return np.array(ys, dtype=int), np.array(ps, dtype=np.float64)
+
+
+def add_lead_sets(folder: Path, leads_network: Path, data: Path, *, calibration: str = "auto",
+                  max_size_mb: float = MAX_SIZE_MB, log=print) -> dict:
+    """Copy the reduced-lead network into ``folder``, choose its per-set thresholds and calibrations on
+    validation records, and write ``lead_sets`` into ``folder/model.int8.onnx`` (module docstring)."""
+    main = Path(folder) / NETWORK_FILE
+    if not main.is_file():
+        raise LeadsExportError(f"{main}: no exported network there (run python -m export or export.pipeline first)")
+    if not Path(leads_network).is_file():
+        raise LeadsExportError(f"{leads_network}: file not found")
+    labels, split = _check_pair(main, Path(leads_network))
+    rate = int(split.get("data_options", {}).get("ptbxl_rate", 500))
+    entries = [e for e in scan(data, ptbxl_rate=rate, progress=False).entries if e.n_leads == 12]
+    val_ids, test_ids = set(split.get("val_ids", [])), set(split.get("test_ids", []))
+    label_set = read_onnx_metadata(str(main)).label_set
+    parts = {"validation": [e for e in entries if e.key in val_ids], "test": [e for e in entries if e.key in test_ids]}
+    if not parts["validation"]:
+        raise LeadsExportError(f"none of the model's {len(val_ids)} validation records is under {data}")
+    log(f"[1/3] records under {data}: validation {len(parts['validation'])}, test {len(parts['test'])}")
+    loaded = {}
+    for part, es in parts.items():
+        loaded[part] = []
+        for e in es:
+            try:
+                loaded[part].append((load(e), e.targets(label_set)))
+            except RecordError:
+                continue
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".leads-", dir=folder))
+    try:
+        shutil.copy2(leads_network, tmp / LEADS_FILE)
+        shutil.copy2(main, tmp / NETWORK_FILE)
+        feature_model = _feature_file(main)
+        if feature_model:
+            shutil.copy2(folder / feature_model, tmp / feature_model)
+        reduced_kwargs = read_onnx_metadata(str(leads_network)).model_kwargs
+        own = LeadSupport.for_model(reduced_kwargs)
+        any_subset = bool(reduced_kwargs.get("lead_mask"))
+        provisional = {"12": LeadSetEntry(LEADS)}
+        for name, e in own.sets.items():
+            if e.leads != LEADS:
+                provisional[name] = LeadSetEntry(e.leads, LEADS_FILE, any_subset)
+        _write_support(tmp / NETWORK_FILE, LeadSupport(provisional))
+        clf = Classifier(tmp / NETWORK_FILE)
+        log(f"[2/3] per lead set: thresholds and calibration on validation records (the app's path)")
+        final = {"12": LeadSetEntry(LEADS)}
+        results: dict = {}
+        for name, e in provisional.items():
+            if name == "12":
+                continue
+            yv, pv = _scores(clf, loaded["validation"], label_set, name, e.leads)
+            thr = tune_thresholds(yv, pv)
+            cal = None if calibration == "none" else fit_calibration(pv, yv, labels, calibration)
+            final[name] = LeadSetEntry(e.leads, LEADS_FILE, any_subset, tuple(thr), None if cal is None else json.loads(cal.to_json()))
+            yt, pt = _scores(clf, loaded["test"], label_set, name, e.leads)
+            results[name] = {
+                "leads": list(e.leads),
+                "validation": multilabel_metrics(yv, pv, labels, thr),
+                "test": multilabel_metrics(yt, pt, labels, thr) if len(yt) else None,
+            }
+            t = results[name]["test"]
+            log(f"      {name} ({', '.join(e.leads)}): validation macro AUROC {results[name]['validation']['macro']['auroc']:.3f}"
+                + (f"; test macro F1 {t['macro']['f1']:.3f}, AUROC {t['macro']['auroc']:.3f}" if t else ""))
+        support = LeadSupport(final)
+        _write_support(tmp / NETWORK_FILE, support)
+        Classifier(tmp / NETWORK_FILE)  # the app loads what was written, or this raises
+        files = [NETWORK_FILE, LEADS_FILE] + ([feature_model] if feature_model else [])
+        sizes = {n: (tmp / n).stat().st_size / 1e6 for n in files}
+        total = sum(sizes.values())
+        if total > max_size_mb:
+            raise LeadsExportError(f"the app's model files take {total:.3f} MB, over the {max_size_mb:g} MB budget: {sizes}")
+        report = {"folder": str(folder), "leads_network": str(leads_network), "data": str(data), "labels": labels,
+                  "any_subset": any_subset, "calibration": calibration, "chosen_on": "validation",
+                  "sets": results, "sizes_mb": {**sizes, "total": total, "budget": max_size_mb}, "machine": machine(),
+                  "lead_sets": json.loads(support.to_json())}
+        log(f"[3/3] writing {folder}")
+        atomic_write_text(folder / "leads_report.json", json.dumps(json_safe(report), indent=1) + "\n")
+        atomic_write_text(folder / "leads_report.md", markdown(report))
+        os.replace(tmp / LEADS_FILE, folder / LEADS_FILE)  # first the new file, then the key that names it
+        os.replace(tmp / NETWORK_FILE, main)
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _feature_file(main: Path) -> str | None:
+    props = {p.key: p.value for p in onnx.load(str(main), load_external_data=False).metadata_props}
+    if "pipeline" not in props:
+        return None
+    return json.loads(props["pipeline"]).get("feature_model")
+
+
+def _write_support(path: Path, support: LeadSupport) -> None:
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[LEAD_SETS_KEY] = support.to_json()
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    tmp = path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "# Reduced lead sets of the shipped model", "",
+        f"Complete 12-lead records: `{NETWORK_FILE}` as before (its own report). Reduced sets: `{LEADS_FILE}` "
+        f"({'one network for any subset' if r['any_subset'] else 'one set'}), thresholds and calibration chosen on the "
+        "validation records with the other leads removed; test records reported only.", "",
+        "| lead set | leads | validation macro AUROC | test macro F1 | test macro AUROC | " + " | ".join(f"test AUROC {c}" for c in r["labels"]) + " |",
+        "|---|---|---|---|---|" + "---|" * len(r["labels"]),
+    ]
+    for name, s in r["sets"].items():
+        t = s["test"]
+        f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+        per = " | ".join(f(t["per_class"][c]["auroc"]) if t else "n/a" for c in r["labels"])
+        lines.append(f"| {name} | {', '.join(s['leads'])} | {f(s['validation']['macro']['auroc'])} | "
+                     f"{f(t['macro']['f1']) if t else 'n/a'} | {f(t['macro']['auroc']) if t else 'n/a'} | {per} |")
+    sz = r["sizes_mb"]
+    lines += ["", f"Model files: {', '.join(f'{k} {v:.3f} MB' for k, v in sz.items() if k not in ('total', 'budget'))}; "
+              f"total {sz['total']:.3f} MB (budget {sz['budget']:g} MB).", "", f"Machine: {r['machine']}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.leads", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pipeline", type=Path, required=True, help=f"folder holding the exported {NETWORK_FILE} (export or export.pipeline output)")
+    p.add_argument("--leads-network", type=Path, required=True, help="int8 ONNX export of a --lead-masking (or --leads S) checkpoint")
+    p.add_argument("--data", type=Path, default=default_data_dir(), help="data folder with the model's validation records (env ECG_DATA)")
+    p.add_argument("--calibration", choices=CALIBRATION_CHOICES, default="auto")
+    p.add_argument("--max-size-mb", type=float, default=MAX_SIZE_MB)
+    args = p.parse_args(argv)
+    try:
+        add_lead_sets(args.pipeline, args.leads_network, args.data, calibration=args.calibration, max_size_mb=args.max_size_mb)
+    except (LeadsExportError, LeadSetError, ClassifyError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((args.pipeline / "leads_report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
