@@ -81,6 +81,19 @@ def parse_leads(text: str | Sequence[str]) -> tuple[str, ...]:
     return ordered(canon)
 
 
+LEADS_HELP = "only these leads: a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2"
+
+
+def leads_argument(text: str) -> tuple[str, ...]:
+    """``type=`` of every ``--leads`` flag: argparse reports a bad list in one line (exit code 2)."""
+    import argparse
+
+    try:
+        return parse_leads(text)
+    except LeadSetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def presence(leads: Iterable[str]) -> np.ndarray:
     """float32 ``[12]``: 1 where the lead is in ``leads``, in ``LEADS`` order."""
     chosen = set(leads)

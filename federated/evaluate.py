@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cpsc2018.catalog import Entry, load, ptbxl_rates_read, scan
+from cpsc2018.leadsets import LEADS_HELP, leads_argument
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, preprocess, windows
 from cpsc2018.records import RecordError
 from cpsc2018.util import default_data_dir
@@ -237,18 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=default_data_dir(), help="data folder (env ECG_DATA)")
     p.add_argument("--split", choices=("test", "all"), default="test")
     p.add_argument("--json", type=Path, default=None, help="write the full result as JSON here")
-    p.add_argument("--leads", default=None, help="score with only these leads (the others zeroed): a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2")
+    p.add_argument("--leads", type=leads_argument, default=None, help="score with " + LEADS_HELP + " (the others zeroed)")
     args = p.parse_args(argv)
-    leads = None
-    if args.leads is not None:
-        from cpsc2018.leadsets import LeadSetError, parse_leads
-
-        try:
-            leads = parse_leads(args.leads)
-        except LeadSetError as exc:
-            p.error(f"--leads: {exc}")
     try:
-        result = evaluate_model(args.model_file, args.data, args.split, progress=sys.stderr.isatty(), leads=leads)
+        result = evaluate_model(args.model_file, args.data, args.split, progress=sys.stderr.isatty(), leads=args.leads)
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ def missing_display() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cpsc2018.leadsets import LEADS_HELP, leads_argument
     from mobile_app.inference import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m mobile_app", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -39,16 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screenshot", type=Path, default=None, help="save the screen as PNG after inference and quit")
     p.add_argument("--result-json", type=Path, default=None, help="with --screenshot: also write what the screen shows as JSON")
     p.add_argument("--gain", type=float, choices=(5.0, 10.0, 20.0), default=10.0, help="ECG paper gain, mm/mV")
-    p.add_argument("--leads", default=None, help="use only these leads of a recording: a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2")
+    p.add_argument("--leads", type=leads_argument, default=None, help="use " + LEADS_HELP)
     args = p.parse_args(argv)
-    leads = None
-    if args.leads is not None:
-        from cpsc2018.leadsets import LeadSetError, parse_leads
-
-        try:
-            leads = parse_leads(args.leads)
-        except LeadSetError as exc:
-            p.error(f"--leads: {exc}")
     problem = missing_display()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -57,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     from mobile_app.app import run
 
-    run(args.model, args.record, args.screenshot, args.result_json, args.gain, leads)
+    run(args.model, args.record, args.screenshot, args.result_json, args.gain, args.leads)
     return 0
 
 

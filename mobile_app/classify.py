@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpsc2018.leadsets import LeadSetError, parse_leads
+from cpsc2018.leadsets import LEADS_HELP, leads_argument
 from cpsc2018.readers import read_any
 from cpsc2018.records import LEADS, Record
 from mobile_app.inference import DEFAULT_MODEL, Classifier, ClassifyError, Result
@@ -309,15 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="with --data: processes")
     p.add_argument("--keep-unusable", action="store_true", help="with --data: fill probabilities of unusable recordings too")
     p.add_argument("--ptbxl-rate", type=int, choices=(100, 500), default=None, help="with --data: PTB-XL rate to read (default: the model's)")
-    p.add_argument("--leads", default=None, help="use only these leads of each record: a standard set (12, 6, 4, 3, 2, 1) or names, e.g. I,II,V2 "
-                   "(default: every lead the record has that the quality check can read)")
+    p.add_argument("--leads", type=leads_argument, default=None,
+                   help="use " + LEADS_HELP + " (default: every lead the record has, less those the quality check finds missing or flat)")
     args = p.parse_args(argv)
-    leads = None
-    if args.leads is not None:
-        try:
-            leads = parse_leads(args.leads)
-        except LeadSetError as exc:
-            p.error(f"--leads: {exc}")
+    leads = args.leads
     if args.data is not None:
         if args.out is None:
             p.error("--data needs --out FILE (the CSV to write)")
