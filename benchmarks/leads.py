@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--work", type=Path, default=Path("runs/leads_scores"), help="per-fold scores, kept so that a killed run resumes")
     args = p.parse_args(argv)
     sets = list(STANDARD_SETS)
     cfg = TrainConfig(data=args.data, folds=args.folds, seed=args.seed, workers=args.workers)
@@ -84,32 +85,44 @@ def main(argv: list[str] | None = None) -> int:
     cfg.ptbxl_rate = base_cfg.get("ptbxl_rate", cfg.ptbxl_rate)
     exp = prepare(cfg)
     folds = fold_experiments(exp, cfg)
-    cache = args.out / ".leads_folds"
+    cache = args.work
     cache.mkdir(parents=True, exist_ok=True)
     per_fold: dict[str, dict[str, list]] = {m: {s: [] for s in sets} for m in METHODS}
+    missing: list[str] = []
     for i, fexp in enumerate(tqdm(folds, desc="folds")):
-        part = cache / f"fold{i}.json"
-        if part.exists():  # a killed run keeps its finished folds
-            done = json.loads(part.read_text())
-        else:
-            naive = score_fold(fexp, args.baseline / f"fold{i}" / "best.pt", cfg, sets)
-            masked = score_fold(fexp, args.masked / f"fold{i}" / "best.pt", cfg, sets)
-            own = {"12": naive["12"]}
-            for s in sets[1:]:
-                path = Path(args.per_set.replace("{set}", s)) / f"fold{i}" / "best.pt" if args.per_set else None
-                if path is not None and path.exists():
-                    own.update(score_fold(fexp, path, cfg, [s]))
-            done = {
-                "naive (12-lead thresholds)": {s: {"test": v["test_12_thresholds"]} for s, v in naive.items()},
-                "naive": naive, "any-subset model": masked, "per-set model": own,
-            }
-            atomic_write_text(part, json.dumps(json_safe(done)))
-        for m in METHODS:
-            for s, v in done[m].items():
-                per_fold[m][s].append(v["test"])
+        def cached(kind: str, path: Path, which: list[str]) -> dict | None:
+            """Scores of one checkpoint on one fold, kept under --out so that a killed run resumes."""
+            part = cache / f"{kind}-fold{i}.json"
+            if part.exists():
+                return json.loads(part.read_text())
+            if not (path.exists() and (path.parent / "oof.npz").exists()):  # oof.npz: the fold has finished
+                missing.append(str(path))
+                return None
+            done = json_safe(score_fold(fexp, path, cfg, which))
+            atomic_write_text(part, json.dumps(done))
+            return done
+
+        naive = cached("naive", args.baseline / f"fold{i}" / "best.pt", sets)
+        masked = cached("masked", args.masked / f"fold{i}" / "best.pt", sets)
+        if naive is not None:
+            for s_, v in naive.items():
+                per_fold["naive (12-lead thresholds)"][s_].append(v["test_12_thresholds"])
+                per_fold["naive"][s_].append(v["test"])
+            per_fold["per-set model"]["12"].append(naive["12"]["test"])
+        if masked is not None:
+            for s_, v in masked.items():
+                per_fold["any-subset model"][s_].append(v["test"])
+        for s_ in sets[1:]:
+            if args.per_set:
+                own = cached(f"set{s_}", Path(args.per_set.replace("{set}", s_)) / f"fold{i}" / "best.pt", [s_])
+                if own is not None:
+                    per_fold["per-set model"][s_].append(own[s_]["test"])
+    if missing:
+        print(f"not found, left out: {', '.join(missing)}", file=sys.stderr)
     labels = list(exp.labels)
+    # A method's set is summarised only when every fold has it (a partial row would not compare).
     summary = {
-        m: {s: summarize(per_fold[m][s], labels) for s in sets if per_fold[m][s]} for m in METHODS
+        m: {s: summarize(per_fold[m][s], labels) for s in sets if len(per_fold[m][s]) == args.folds} for m in METHODS
     }
     result = {"machine": machine_line(), "records": len(exp.entries), "folds": args.folds, "seed": args.seed,
               "sets": {s: list(STANDARD_SETS[s]) for s in sets}, "summary": summary}

@@ -197,9 +197,11 @@ def markdown(r: dict) -> str:
         per = " | ".join(f(t["per_class"][c]["auroc"]) if t else "n/a" for c in r["labels"])
         lines.append(f"| {name} | {', '.join(s['leads'])} | {f(s['validation']['macro']['auroc'])} | "
                      f"{f(t['macro']['f1']) if t else 'n/a'} | {f(t['macro']['auroc']) if t else 'n/a'} | {per} |")
-    sz = r["sizes_mb"]
+    sz, m = r["sizes_mb"], r["machine"]
     lines += ["", f"Model files: {', '.join(f'{k} {v:.3f} MB' for k, v in sz.items() if k not in ('total', 'budget'))}; "
-              f"total {sz['total']:.3f} MB (budget {sz['budget']:g} MB).", "", f"Machine: {r['machine']}", ""]
+              f"total {sz['total']:.3f} MB (budget {sz['budget']:g} MB).", "",
+              f"Machine: {m.get('cpu')} ({m.get('cpu_class')}), {m.get('cores')} cores; Python {m.get('python')}, "
+              f"onnxruntime {m.get('onnxruntime')}.", ""]
     return "\n".join(lines)
 
 

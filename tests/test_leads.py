@@ -264,3 +264,18 @@ def test_shipped_model_serves_every_standard_set(data_dir, tmp_path):
         assert r.lead_set == name and r.parts == ["network"] and all(0 <= p <= 1 for p in r.probabilities)
     sizes = sum(p.stat().st_size for p in Path(DEFAULT_MODEL).parent.glob("*.onnx"))
     assert sizes < 5_000_000  # the app's model budget (DECISIONS.md)
+
+
+def test_app_window_shows_a_one_lead_recording(data_dir, tmp_path):
+    """The real Kivy window (Xvfb) opens a single-lead copy of a real record and a 12-lead record asked
+    for its six limb leads, and shows what the inference path computes for them."""
+    from tests.test_app_ui import _run_app
+
+    rec = read_any(data_dir / "cpsc2018" / "A0001.hea")
+    one = write_subset(rec, ["I"], tmp_path, "A0001_I")
+    _, shown = _run_app(DEFAULT_MODEL, one, tmp_path, tag="one")
+    expected = Classifier(DEFAULT_MODEL).classify(one)
+    assert shown["lead_set"] == "1" and shown["leads_used"] == ["I"] and shown["record_leads"] == ["I"]
+    assert shown["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+    _, shown = _run_app(DEFAULT_MODEL, data_dir / "cpsc2018" / "A0001.hea", tmp_path, "--leads", "6", tag="six")
+    assert shown["lead_set"] == "6" and shown["leads_used"] == list(STANDARD_SETS["6"]) and "explanation" not in shown
