@@ -42,7 +42,14 @@ from federated.metrics import tune_thresholds  # noqa: E402
 from federated.outputs import json_safe  # noqa: E402
 from cpsc2018.util import atomic_write_text  # noqa: E402
 
-METHODS = ("naive (12-lead thresholds)", "naive", "any-subset model", "per-set model")
+NAIVE = ("naive (12-lead thresholds)", "naive")
+PER_SET = "per-set model"
+
+
+def parse_named(text: str) -> tuple[str, Path]:
+    """``--masked LABEL=PATH`` (or just PATH, labelled "any-subset model")."""
+    label, sep, path = text.partition("=")
+    return (label, Path(path)) if sep else ("any-subset model", Path(text))
 
 
 def score_fold(exp, ckpt_path: Path, cfg: TrainConfig, sets: list[str]) -> dict[str, dict]:
@@ -71,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--baseline", type=Path, required=True, help="12-lead --folds run (fold0/best.pt ...)")
-    p.add_argument("--masked", type=Path, required=True, help="--lead-masking --folds run")
+    p.add_argument("--masked", type=parse_named, action="append", required=True,
+                   help="--lead-masking --folds run, as LABEL=PATH (repeatable)")
     p.add_argument("--per-set", default="", help="--leads S --folds runs, '{set}' in the path (optional)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--notes", type=Path, default=None, help="markdown inserted after the header: what the figures say")
     p.add_argument("--work", type=Path, default=Path("runs/leads_scores"), help="per-fold scores, kept so that a killed run resumes")
     args = p.parse_args(argv)
     sets = list(STANDARD_SETS)
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     folds = fold_experiments(exp, cfg)
     cache = args.work
     cache.mkdir(parents=True, exist_ok=True)
-    per_fold: dict[str, dict[str, list]] = {m: {s: [] for s in sets} for m in METHODS}
+    methods = [*NAIVE, *(label for label, _ in args.masked), PER_SET]
+    per_fold: dict[str, dict[str, list]] = {m: {s: [] for s in sets} for m in methods}
     missing: list[str] = []
     for i, fexp in enumerate(tqdm(folds, desc="folds")):
         def cached(kind: str, path: Path, which: list[str]) -> dict | None:
@@ -103,26 +113,26 @@ def main(argv: list[str] | None = None) -> int:
             return done
 
         naive = cached("naive", args.baseline / f"fold{i}" / "best.pt", sets)
-        masked = cached("masked", args.masked / f"fold{i}" / "best.pt", sets)
+        masked = {label: cached(path.name, path / f"fold{i}" / "best.pt", sets) for label, path in args.masked}
         if naive is not None:
             for s_, v in naive.items():
                 per_fold["naive (12-lead thresholds)"][s_].append(v["test_12_thresholds"])
                 per_fold["naive"][s_].append(v["test"])
-            per_fold["per-set model"]["12"].append(naive["12"]["test"])
-        if masked is not None:
-            for s_, v in masked.items():
-                per_fold["any-subset model"][s_].append(v["test"])
+            per_fold[PER_SET]["12"].append(naive["12"]["test"])
+        for label, done in masked.items():
+            for s_, v in (done or {}).items():
+                per_fold[label][s_].append(v["test"])
         for s_ in sets[1:]:
             if args.per_set:
                 own = cached(f"set{s_}", Path(args.per_set.replace("{set}", s_)) / f"fold{i}" / "best.pt", [s_])
                 if own is not None:
-                    per_fold["per-set model"][s_].append(own[s_]["test"])
+                    per_fold[PER_SET][s_].append(own[s_]["test"])
     if missing:
         print(f"not found, left out: {', '.join(missing)}", file=sys.stderr)
     labels = list(exp.labels)
     # A method's set is summarised only when every fold has it (a partial row would not compare).
     summary = {
-        m: {s: summarize(per_fold[m][s], labels) for s in sets if len(per_fold[m][s]) == args.folds} for m in METHODS
+        m: {s: summarize(per_fold[m][s], labels) for s in sets if len(per_fold[m][s]) == args.folds} for m in methods
     }
     result = {"machine": machine_line(), "records": len(exp.entries), "folds": args.folds, "seed": args.seed,
               "sets": {s: list(STANDARD_SETS[s]) for s in sets}, "summary": summary}
@@ -159,19 +169,23 @@ def markdown(result: dict, labels: list[str], sets: list[str], args) -> str:
         "Methods: *naive*: the 12-lead model with the absent leads zeroed (at its own 12-lead thresholds, and at "
         "thresholds re-tuned per set on validation); *any-subset model*: one model fine-tuned from the 12-lead one with random "
         "lead sets (`--lead-masking`), thresholds per set; *per-set model*: the 12-lead model fine-tuned for one set "
-        "(`--leads S`). Fine-tuning: 5 epochs from each fold's 12-lead model, the same for both.", "",
-        f"Command: `python benchmarks/leads.py --data {args.data} --baseline {args.baseline} --masked {args.masked}"
+        "(`--leads S`). Each is fine-tuned for 5 epochs (lr 3e-4, 2 windows per record, augmentation) from its fold's "
+        "12-lead model; the labels say where the weights were averaged (EMA 0.998) and where not.", "",
+        f"Command: `python benchmarks/leads.py --data {args.data} --baseline {args.baseline} "
+        + " ".join(f"--masked '{label}={path}'" for label, path in args.masked)
         + (f" --per-set '{args.per_set}'" if args.per_set else "") + "`", "",
     ]
+    if args.notes is not None:
+        lines += [args.notes.read_text().strip(), ""]
     for metric, title in (("auroc", "Macro AUROC"), ("f1", "Macro F1")):
         lines += [f"## {title}", "", "| method | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-        for m in METHODS:
+        for m in s:
             if metric == "auroc" and m == "naive (12-lead thresholds)":
                 continue  # thresholds do not change AUROC
             row = [(_ms(s[m][k]["macro"][metric]) if k in s[m] else "–") for k in sets]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines.append("")
-    for m in ("any-subset model", "naive"):
+    for m in [m for m in s if m != "naive (12-lead thresholds)"]:
         for metric, title in (("auroc", "AUROC"), ("f1", "F1")):
             lines += [f"## Per class {title}: {m}", "", "| leads | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
             for k in sets:
@@ -191,11 +205,11 @@ def plot(summary: dict, sets: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(sets))
     for ax, metric in zip(axes, ("auroc", "f1")):
-        for j, m in enumerate(METHODS):
+        for j, m in enumerate(summary):
             if metric == "auroc" and m == "naive (12-lead thresholds)":
                 continue
             ks = [k for k in sets if k in summary[m]]
-            xs = [sets.index(k) + (j - 1.5) * 0.08 for k in ks]
+            xs = [sets.index(k) + (j - len(summary) / 2) * 0.06 for k in ks]
             ys = [summary[m][k]["macro"][metric]["mean"] for k in ks]
             es = [summary[m][k]["macro"][metric]["sd"] for k in ks]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)

@@ -1,16 +1,17 @@
 """``python -m export.leads``: add reduced lead sets to an exported model (issue 21).
 
     python -m export.leads --pipeline runs/ship/pipeline --leads-network runs/ship_leads/export/model.int8.onnx \\
-        --data ../shared/data
+        [--leads-network runs/ship_lead1/export/model.int8.onnx ...] --data ../shared/data
 
 The folder's ``model.int8.onnx`` (``python -m export`` or ``python -m export.pipeline`` output) keeps
-serving complete 12-lead records exactly as before. ``--leads-network`` (the int8 export of a
-checkpoint trained with ``--lead-masking``, or with ``--leads S`` for one set) is copied beside it as
-:data:`LEADS_FILE` and serves the reduced sets: per set, thresholds tuned and a calibration fitted on
-the VALIDATION records with the other leads removed, scored through the app's own path
+serving complete 12-lead records exactly as before. Each ``--leads-network`` (the int8 export of a
+checkpoint trained with ``--lead-masking`` for any subset, or with ``--leads S`` for one set) is copied
+beside it (:func:`file_name`) and serves reduced sets: a network for one set serves that set, the
+network for any subset the others. Per set, thresholds are tuned and a calibration fitted on the
+VALIDATION records with the other leads removed, scored through the app's own path
 (:meth:`mobile_app.inference.Classifier.predict_leads`); the test records are only reported. The
 folder's network file then lists every set in its ``lead_sets`` metadata
-(:class:`cpsc2018.leadsets.LeadSupport`). Both networks must come from one training split (same
+(:class:`cpsc2018.leadsets.LeadSupport`). All networks must come from one training split (same
 validation and test records), which fine-tuning the shipped checkpoint with ``--init`` gives.
 
 Writes ``leads_report.md``/``leads_report.json`` beside; each file is replaced atomically.
@@ -31,7 +32,7 @@ import onnx
 from onnx import helper
 
 from cpsc2018.catalog import load, scan
-from cpsc2018.leadsets import LEAD_SETS_KEY, STANDARD_SETS, LeadSetEntry, LeadSetError, LeadSupport
+from cpsc2018.leadsets import LEAD_SETS_KEY, STANDARD_SETS, LeadSetEntry, LeadSetError, LeadSupport, set_name
 from cpsc2018.records import LEADS, RecordError
 from cpsc2018.util import atomic_write_text, default_data_dir
 from export.calibration import fit_calibration
@@ -80,16 +81,43 @@ def _scores(clf: Classifier, records: list, label_set: str, name: str, members: 
     return np.array(ys, dtype=int), np.array(ps, dtype=np.float64)
 
 
-def add_lead_sets(folder: Path, leads_network: Path, data: Path, *, calibration: str = "auto",
+def file_name(kwargs: dict) -> str:
+    """The name a reduced-lead network takes in the app's folder: one for any subset, one per fixed set."""
+    if kwargs.get("lead_mask"):
+        return LEADS_FILE
+    members = tuple(lead for lead, keep in zip(LEADS, kwargs.get("input_mask") or []) if keep)
+    return f"model.leads{set_name(members).replace(',', '-')}.int8.onnx"
+
+
+def add_lead_sets(folder: Path, leads_networks: Path | list[Path], data: Path, *, calibration: str = "auto",
                   max_size_mb: float = MAX_SIZE_MB, log=print) -> dict:
-    """Copy the reduced-lead network into ``folder``, choose its per-set thresholds and calibrations on
-    validation records, and write ``lead_sets`` into ``folder/model.int8.onnx`` (module docstring)."""
+    """Copy the reduced-lead networks into ``folder``, choose their per-set thresholds and calibrations on
+    validation records, and write ``lead_sets`` into ``folder/model.int8.onnx`` (module docstring). A
+    network for one set (``--leads S``) serves that set; a network for any subset serves the others."""
+    networks = [Path(leads_networks)] if isinstance(leads_networks, (str, Path)) else [Path(n) for n in leads_networks]
     main = Path(folder) / NETWORK_FILE
     if not main.is_file():
         raise LeadsExportError(f"{main}: no exported network there (run python -m export or export.pipeline first)")
-    if not Path(leads_network).is_file():
-        raise LeadsExportError(f"{leads_network}: file not found")
-    labels, split = _check_pair(main, Path(leads_network))
+    if not networks:
+        raise LeadsExportError("give at least one reduced-lead network")
+    served: dict[str, LeadSetEntry] = {}
+    files: dict[str, Path] = {}
+    split: dict = {}
+    for net in networks:
+        if not net.is_file():
+            raise LeadsExportError(f"{net}: file not found")
+        labels, split = _check_pair(main, net)
+        kwargs = read_onnx_metadata(str(net)).model_kwargs
+        name = file_name(kwargs)
+        if name in files:
+            raise LeadsExportError(f"{net} and {files[name]} serve the same lead sets; give one of them")
+        files[name] = net
+        for set_key, e in LeadSupport.for_model(kwargs).sets.items():
+            if e.leads == LEADS:
+                continue
+            dedicated = not e.any_subset
+            if set_key not in served or (dedicated and served[set_key].any_subset):
+                served[set_key] = LeadSetEntry(e.leads, name, e.any_subset)
     rate = int(split.get("data_options", {}).get("ptbxl_rate", 500))
     entries = [e for e in scan(data, ptbxl_rate=rate, progress=False).entries if e.n_leads == 12]
     val_ids, test_ids = set(split.get("val_ids", [])), set(split.get("test_ids", []))
@@ -109,21 +137,17 @@ def add_lead_sets(folder: Path, leads_network: Path, data: Path, *, calibration:
     folder = Path(folder)
     tmp = Path(tempfile.mkdtemp(prefix=".leads-", dir=folder))
     try:
-        shutil.copy2(leads_network, tmp / LEADS_FILE)
+        for name, net in files.items():
+            shutil.copy2(net, tmp / name)
         shutil.copy2(main, tmp / NETWORK_FILE)
         feature_model = _feature_file(main)
         if feature_model:
             shutil.copy2(folder / feature_model, tmp / feature_model)
-        reduced_kwargs = read_onnx_metadata(str(leads_network)).model_kwargs
-        own = LeadSupport.for_model(reduced_kwargs)
-        any_subset = bool(reduced_kwargs.get("lead_mask"))
-        provisional = {"12": LeadSetEntry(LEADS)}
-        for name, e in own.sets.items():
-            if e.leads != LEADS:
-                provisional[name] = LeadSetEntry(e.leads, LEADS_FILE, any_subset)
+        order = [k for k in STANDARD_SETS if k in served] + [k for k in served if k not in STANDARD_SETS]
+        provisional = {"12": LeadSetEntry(LEADS), **{k: served[k] for k in order}}
         _write_support(tmp / NETWORK_FILE, LeadSupport(provisional))
         clf = Classifier(tmp / NETWORK_FILE)
-        log(f"[2/3] per lead set: thresholds and calibration on validation records (the app's path)")
+        log("[2/3] per lead set: thresholds and calibration on validation records (the app's path)")
         final = {"12": LeadSetEntry(LEADS)}
         results: dict = {}
         for name, e in provisional.items():
@@ -132,32 +156,33 @@ def add_lead_sets(folder: Path, leads_network: Path, data: Path, *, calibration:
             yv, pv = _scores(clf, loaded["validation"], label_set, name, e.leads)
             thr = tune_thresholds(yv, pv)
             cal = None if calibration == "none" else fit_calibration(pv, yv, labels, calibration)
-            final[name] = LeadSetEntry(e.leads, LEADS_FILE, any_subset, tuple(thr), None if cal is None else json.loads(cal.to_json()))
+            final[name] = LeadSetEntry(e.leads, e.model, e.any_subset, tuple(thr), None if cal is None else json.loads(cal.to_json()))
             yt, pt = _scores(clf, loaded["test"], label_set, name, e.leads)
             results[name] = {
-                "leads": list(e.leads),
+                "leads": list(e.leads), "model": e.model, "any_subset": e.any_subset,
                 "validation": multilabel_metrics(yv, pv, labels, thr),
                 "test": multilabel_metrics(yt, pt, labels, thr) if len(yt) else None,
             }
             t = results[name]["test"]
-            log(f"      {name} ({', '.join(e.leads)}): validation macro AUROC {results[name]['validation']['macro']['auroc']:.3f}"
+            log(f"      {name} ({', '.join(e.leads)}) by {e.model}: validation macro AUROC {results[name]['validation']['macro']['auroc']:.3f}"
                 + (f"; test macro F1 {t['macro']['f1']:.3f}, AUROC {t['macro']['auroc']:.3f}" if t else ""))
         support = LeadSupport(final)
         _write_support(tmp / NETWORK_FILE, support)
         Classifier(tmp / NETWORK_FILE)  # the app loads what was written, or this raises
-        files = [NETWORK_FILE, LEADS_FILE] + ([feature_model] if feature_model else [])
-        sizes = {n: (tmp / n).stat().st_size / 1e6 for n in files}
+        names = [NETWORK_FILE, *files] + ([feature_model] if feature_model else [])
+        sizes = {n: (tmp / n).stat().st_size / 1e6 for n in names}
         total = sum(sizes.values())
         if total > max_size_mb:
             raise LeadsExportError(f"the app's model files take {total:.3f} MB, over the {max_size_mb:g} MB budget: {sizes}")
-        report = {"folder": str(folder), "leads_network": str(leads_network), "data": str(data), "labels": labels,
-                  "any_subset": any_subset, "calibration": calibration, "chosen_on": "validation",
+        report = {"folder": str(folder), "leads_networks": {n: str(p) for n, p in files.items()}, "data": str(data),
+                  "labels": labels, "calibration": calibration, "chosen_on": "validation",
                   "sets": results, "sizes_mb": {**sizes, "total": total, "budget": max_size_mb}, "machine": machine(),
                   "lead_sets": json.loads(support.to_json())}
         log(f"[3/3] writing {folder}")
         atomic_write_text(folder / "leads_report.json", json.dumps(json_safe(report), indent=1) + "\n")
         atomic_write_text(folder / "leads_report.md", markdown(report))
-        os.replace(tmp / LEADS_FILE, folder / LEADS_FILE)  # first the new file, then the key that names it
+        for name in files:  # first the new files, then the key that names them
+            os.replace(tmp / name, folder / name)
         os.replace(tmp / NETWORK_FILE, main)
         return report
     finally:
@@ -185,17 +210,17 @@ def _write_support(path: Path, support: LeadSupport) -> None:
 def markdown(r: dict) -> str:
     lines = [
         "# Reduced lead sets of the shipped model", "",
-        f"Complete 12-lead records: `{NETWORK_FILE}` as before (its own report). Reduced sets: `{LEADS_FILE}` "
-        f"({'one network for any subset' if r['any_subset'] else 'one set'}), thresholds and calibration chosen on the "
+        f"Complete 12-lead records: `{NETWORK_FILE}` as before (its own report). Reduced sets: the network named per set "
+        "(one for any subset, or one trained for that set), with thresholds and calibration chosen on the "
         "validation records with the other leads removed; test records reported only.", "",
-        "| lead set | leads | validation macro AUROC | test macro F1 | test macro AUROC | " + " | ".join(f"test AUROC {c}" for c in r["labels"]) + " |",
-        "|---|---|---|---|---|" + "---|" * len(r["labels"]),
+        "| lead set | leads | network | validation macro AUROC | test macro F1 | test macro AUROC | " + " | ".join(f"test AUROC {c}" for c in r["labels"]) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(r["labels"]),
     ]
     for name, s in r["sets"].items():
         t = s["test"]
         f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
         per = " | ".join(f(t["per_class"][c]["auroc"]) if t else "n/a" for c in r["labels"])
-        lines.append(f"| {name} | {', '.join(s['leads'])} | {f(s['validation']['macro']['auroc'])} | "
+        lines.append(f"| {name} | {', '.join(s['leads'])} | `{s['model']}` | {f(s['validation']['macro']['auroc'])} | "
                      f"{f(t['macro']['f1']) if t else 'n/a'} | {f(t['macro']['auroc']) if t else 'n/a'} | {per} |")
     sz, m = r["sizes_mb"], r["machine"]
     lines += ["", f"Model files: {', '.join(f'{k} {v:.3f} MB' for k, v in sz.items() if k not in ('total', 'budget'))}; "
@@ -209,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.leads", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--pipeline", type=Path, required=True, help=f"folder holding the exported {NETWORK_FILE} (export or export.pipeline output)")
-    p.add_argument("--leads-network", type=Path, required=True, help="int8 ONNX export of a --lead-masking (or --leads S) checkpoint")
+    p.add_argument("--leads-network", type=Path, action="append", required=True,
+                   help="int8 ONNX export of a --lead-masking (any subset) or --leads S (one set) checkpoint; repeatable")
     p.add_argument("--data", type=Path, default=default_data_dir(), help="data folder with the model's validation records (env ECG_DATA)")
     p.add_argument("--calibration", choices=CALIBRATION_CHOICES, default="auto")
     p.add_argument("--max-size-mb", type=float, default=MAX_SIZE_MB)

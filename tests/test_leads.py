@@ -156,7 +156,7 @@ def lead_folder(small_data, tmp_path_factory):
     export_fp32(base, folder / "model.int8.onnx", window=2500)  # the file name the app's folder uses
     export_fp32(masked, root / "masked.onnx", window=2500)
     export_fp32(base, root / "base_only.onnx", window=2500)
-    report = add_lead_sets(folder, root / "masked.onnx", small_data, log=lambda *_: None)
+    report = add_lead_sets(folder, [root / "masked.onnx"], small_data, log=lambda *_: None)
     return {"root": root, "folder": folder, "base": base, "masked": masked, "report": report}
 
 
