@@ -26,9 +26,10 @@ the JSON and research tables that ask for them).
 Lead sets (issue 21): the network file's ``lead_sets`` key (:class:`cpsc2018.leadsets.LeadSupport`) says
 which lead sets it serves, with which network file (itself or a sibling ONNX file), thresholds and
 calibration; a file without it serves the 12 leads only. A record's usable leads are those it has
-(or those ``leads=`` names), minus the leads the quality check finds unreadable (missing, flat,
-clipped, noise): a 12-lead record with a dead lead is routed to the largest supported set it still
-contains instead of being refused. The full 12 leads run the fused pipeline as before; a reduced
+(or those ``leads=`` names), minus the leads the quality check finds dead (missing or flat; a noisy or
+clipped lead stays in): a 12-lead record with dead leads is routed to the largest supported set its
+other leads contain instead of being refused (a model that serves only the 12 leads classifies it with
+the dead leads in, as before). The full 12 leads run the fused pipeline as before; a reduced
 set runs its network alone on the preprocessed record with the absent leads zeroed. A record whose
 usable leads contain no supported set gets a :class:`ClassifyError` naming its leads.
 """
@@ -300,7 +301,8 @@ class Result:
     @property
     def withheld(self) -> bool:
         """An unusable recording: show why, not probabilities. A record unusable only for its unreadable
-        leads is not withheld when the remaining leads were classified (:attr:`rerouted`)."""
+        leads is not withheld when its dead leads were left out and the rest classified (:attr:`rerouted`),
+        unless more than the allowed number of noisy or clipped leads remain."""
         if self.quality is None or self.quality.usable:
             return False
         only_leads = not (set(self.quality.record_flags) & {"few_beats", "too_short"})
@@ -591,10 +593,11 @@ class Classifier:
             extra = []
             if dropped:
                 extra.append(f"{', '.join(dropped)} missing or flat")
-            if usable != ordered(canonical_lead(n) for n in rec.leads):
+            if leads is None and usable != ordered(canonical_lead(n) for n in rec.leads):
                 extra.append(f"usable standard leads: {', '.join(usable) or 'none'}")
+            what = f"the leads asked for ({', '.join(present)})" if leads is not None else f"its leads ({', '.join(rec.leads) or 'none'})"
             raise ClassifyError(
-                f"{name_of_file}: no model here supports its leads ({', '.join(rec.leads) or 'none'})"
+                f"{name_of_file}: no model here supports {what}"
                 + (f" ({'; '.join(extra)})" if extra else "") + f". Supported lead sets: {self.lead_support.describe()}"
             )
         return name, self.lead_support.fed_leads(name, usable), dropped
