@@ -147,6 +147,10 @@ class TrainConfig:
                 raise ValueError("--leads trains a model for one lead set, --lead-masking one for any set: give one")
             if self.mode != "central" or self.task != "six":
                 raise ValueError("--leads, --lead-masking and --init are for central training of the record task (--mode central, --task six)")
+            from resnet1d.resnet import LEAD_MASK_MODELS
+
+            if (self.leads or self.lead_masking) and self.model not in LEAD_MASK_MODELS:
+                raise ValueError(f"--leads and --lead-masking need one of {', '.join(LEAD_MASK_MODELS)}; {self.model} has no lead-mask input")
             if self.leads:
                 try:
                     parse_leads(self.leads)

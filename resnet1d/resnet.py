@@ -56,6 +56,9 @@ from resnet1d.layers import (
 )
 from resnet1d.registry import register_model
 
+# The models that take ``lead_mask``/``input_mask`` (reduced lead sets, issue 21).
+LEAD_MASK_MODELS: tuple[str, ...] = ("resnet1d18", "se_resnet1d18", "resnet1d34")
+
 
 class BasicBlock1d(nn.Module):
     """Two convolutions with a shortcut (1x1 conv + norm when shape changes); optional SE before the sum."""

@@ -279,3 +279,14 @@ def test_app_window_shows_a_one_lead_recording(data_dir, tmp_path):
     assert shown["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
     _, shown = _run_app(DEFAULT_MODEL, data_dir / "cpsc2018" / "A0001.hea", tmp_path, "--leads", "6", tag="six")
     assert shown["lead_set"] == "6" and shown["leads_used"] == list(STANDARD_SETS["6"]) and "explanation" not in shown
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mode", "federated", "--leads", "6"], "for central training of the record task"),
+    (["--model", "squeezenet1d", "--lead-masking"], "squeezenet1d has no lead-mask input"),
+    (["--leads", "6", "--lead-masking"], "give one"),
+    (["--leads", "I,X"], "unknown lead name"),
+])
+def test_training_flags_are_checked(flags, message):
+    out = subprocess.run([sys.executable, "-m", "federated.train", *flags], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
