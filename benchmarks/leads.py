@@ -134,7 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         m: {s: summarize(per_fold[m][s], labels) for s in sets if len(per_fold[m][s]) == args.folds} for m in methods
     }
-    result = {"machine": machine_line(), "records": len(exp.entries), "folds": args.folds, "seed": args.seed,
+    # Paired, fold by fold: each method against the first any-subset run (the shipped kind), same folds.
+    ref = args.masked[-1][0] if args.masked else None
+    paired: dict = {}
+    for m in methods:
+        if ref is None or m == ref:
+            continue
+        for k in sets:
+            a, b = per_fold[m][k], per_fold[ref][k]
+            if len(a) == len(b) == args.folds:
+                paired.setdefault(m, {})[k] = {
+                    metric: mean_sd([x["macro"][metric] - y["macro"][metric] for x, y in zip(a, b)]) for metric in ("f1", "auroc")
+                }
+    result = {"paired_against": ref, "paired": paired, "machine": machine_line(), "records": len(exp.entries), "folds": args.folds, "seed": args.seed,
               "sets": {s: list(STANDARD_SETS[s]) for s in sets}, "summary": summary}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "leads.json", json.dumps(json_safe(result), indent=1))
@@ -185,6 +197,16 @@ def markdown(result: dict, labels: list[str], sets: list[str], args) -> str:
             row = [(_ms(s[m][k]["macro"][metric]) if k in s[m] else "–") for k in sets]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines.append("")
+    if result.get("paired"):
+        lines += [f"## Fold by fold against the {result['paired_against']}", "",
+                  "Mean ± sd over the folds of (method - that model) on the same test part: a difference larger than its sd is "
+                  "one the folds agree on.", "",
+                  "| method | metric | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+        for m, by_set in result["paired"].items():
+            for metric in ("auroc", "f1"):
+                row = [(f"{by_set[k][metric]['mean']:+.3f} ± {by_set[k][metric]['sd']:.3f}" if k in by_set else "–") for k in sets]
+                lines.append(f"| {m} | {metric.upper()} | " + " | ".join(row) + " |")
+        lines.append("")
     for m in [m for m in s if m != "naive (12-lead thresholds)"]:
         for metric, title in (("auroc", "AUROC"), ("f1", "F1")):
             lines += [f"## Per class {title}: {m}", "", "| leads | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
@@ -212,11 +234,12 @@ def plot(summary: dict, sets: list[str], path: Path) -> None:
             xs = [sets.index(k) + (j - len(summary) / 2) * 0.06 for k in ks]
             ys = [summary[m][k]["macro"][metric]["mean"] for k in ks]
             es = [summary[m][k]["macro"][metric]["sd"] for k in ks]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m, color=f"C{j}")  # one colour per method in both panels
         ax.set_xticks(x, [f"{k} lead{'s' if k != '1' else ''}" for k in sets])
         ax.set_ylabel(f"test macro {metric.upper()}")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -258,6 +258,10 @@ def test_shipped_model_serves_every_standard_set(data_dir, tmp_path):
         pytest.fail(f"the shipped model {DEFAULT_MODEL} is missing: run 'make model'")
     clf = Classifier(DEFAULT_MODEL)
     assert set(clf.lead_support.sets) == set(STANDARD_SETS)
+    # The networks cross-validation chose (benchmarks/results/leads.md): one per set for I and for I+II.
+    assert clf.lead_support.sets["1"].model == "model.leads1.int8.onnx" and not clf.lead_support.sets["1"].any_subset
+    assert clf.lead_support.sets["2"].model == "model.leads2.int8.onnx"
+    assert clf.lead_support.sets["6"].model == "model.leads.int8.onnx" and clf.lead_support.sets["6"].any_subset
     rec = read_any(data_dir / "cpsc2018" / "A0001.hea")  # labelled RBBB
     for name in ("6", "1"):
         r = clf.classify(write_subset(rec, list(STANDARD_SETS[name]), tmp_path, f"ship{name}"))
