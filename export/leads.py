@@ -168,7 +168,9 @@ def add_lead_sets(folder: Path, leads_networks: Path | list[Path], data: Path, *
                 + (f"; test macro F1 {t['macro']['f1']:.3f}, AUROC {t['macro']['auroc']:.3f}" if t else ""))
         support = LeadSupport(final)
         _write_support(tmp / NETWORK_FILE, support)
-        Classifier(tmp / NETWORK_FILE)  # the app loads what was written, or this raises
+        clf = Classifier(tmp / NETWORK_FILE)  # the app loads what was written, or this raises
+        for name, ms in _latency(clf, loaded["test"] + loaded["validation"]).items():
+            results[name]["latency_ms"] = ms
         names = [NETWORK_FILE, *files] + ([feature_model] if feature_model else [])
         sizes = {n: (tmp / n).stat().st_size / 1e6 for n in names}
         total = sum(sizes.values())
@@ -187,6 +189,34 @@ def add_lead_sets(folder: Path, leads_networks: Path | list[Path], data: Path, *
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _latency(clf: Classifier, records: list, n: int = 20) -> dict[str, float]:
+    """Per reduced set: median ms of the app's ``predict_leads`` (preprocessing, network, calibration) over
+    ``n`` records of 10 s, at 1 thread (onnxruntime's session and numpy/scipy's pools)."""
+    import statistics
+    import time
+
+    from threadpoolctl import threadpool_limits
+
+    ten = [rec for rec, _ in records if abs(rec.duration_s - 10.0) <= 0.05][:n]
+    out: dict[str, float] = {}
+    if not ten:
+        return out
+    with threadpool_limits(limits=1):
+        for name, e in clf.lead_support.sets.items():
+            if name == "12":
+                continue
+            rows = [LEADS.index(lead) for lead in e.leads]
+            fed = clf.lead_support.fed_leads(name, e.leads)
+            clf.predict_leads(ten[0].signal[rows], ten[0].fs, e.leads, name, fed)  # warm-up
+            times = []
+            for rec in ten:
+                t = time.perf_counter()
+                clf.predict_leads(rec.signal[rows], rec.fs, e.leads, name, fed)
+                times.append((time.perf_counter() - t) * 1e3)
+            out[name] = statistics.median(times)
+    return out
 
 
 def _feature_file(main: Path) -> str | None:
@@ -213,15 +243,16 @@ def markdown(r: dict) -> str:
         f"Complete 12-lead records: `{NETWORK_FILE}` as before (its own report). Reduced sets: the network named per set "
         "(one for any subset, or one trained for that set), with thresholds and calibration chosen on the "
         "validation records with the other leads removed; test records reported only.", "",
-        "| lead set | leads | network | validation macro AUROC | test macro F1 | test macro AUROC | " + " | ".join(f"test AUROC {c}" for c in r["labels"]) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(r["labels"]),
+        "| lead set | leads | network | validation macro AUROC | test macro F1 | test macro AUROC | " + " | ".join(f"test AUROC {c}" for c in r["labels"]) + " | ms per 10 s record, 1 thread |",
+        "|---|---|---|---|---|---|" + "---|" * len(r["labels"]) + "---|",
     ]
     for name, s in r["sets"].items():
         t = s["test"]
         f = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731
         per = " | ".join(f(t["per_class"][c]["auroc"]) if t else "n/a" for c in r["labels"])
+        ms = f"{s['latency_ms']:.1f}" if "latency_ms" in s else "n/a"
         lines.append(f"| {name} | {', '.join(s['leads'])} | `{s['model']}` | {f(s['validation']['macro']['auroc'])} | "
-                     f"{f(t['macro']['f1']) if t else 'n/a'} | {f(t['macro']['auroc']) if t else 'n/a'} | {per} |")
+                     f"{f(t['macro']['f1']) if t else 'n/a'} | {f(t['macro']['auroc']) if t else 'n/a'} | {per} | {ms} |")
     sz, m = r["sizes_mb"], r["machine"]
     lines += ["", f"Model files: {', '.join(f'{k} {v:.3f} MB' for k, v in sz.items() if k not in ('total', 'budget'))}; "
               f"total {sz['total']:.3f} MB (budget {sz['budget']:g} MB).", "",
