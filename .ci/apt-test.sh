@@ -20,30 +20,30 @@ if [ "${FORCE:-}" != 1 ] && [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 echo "apt-test: installing ${PACKAGES[*]}${missing[*]:+ (missing: ${missing[*]})}"
-# Each tool the install needs is checked first, so that a missing one is named instead of ending the
-# target with a bare "Error 1". SUDO is a plain word, not an array (as root it is empty).
+# Every problem goes to stderr, where make prints it right above its "Error 1".
+fail() { echo "apt-test: $*" >&2; exit 1; }
 if ! command -v apt-get >/dev/null; then
-  echo "apt-test: apt-get not found: install ${PACKAGES[*]} with this system's package manager, then rerun"
-  exit 1
+  fail "apt-get not found: install ${PACKAGES[*]} with this system's package manager, then rerun"
 fi
+# Root: apt-get directly. Otherwise sudo, without a password prompt (-n: CI has no terminal). Without
+# either, apt-get still runs: its own error (lock file, permission) says what is wrong, and then so do we.
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
-  if ! command -v sudo >/dev/null; then
-    echo "apt-test: not root and sudo not found: run as root: apt-get install -y ${PACKAGES[*]}"
-    exit 1
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    SUDO="sudo -n"
+  else
+    echo "apt-test: not root, and sudo is missing or asks for a password: running apt-get as $(id -un) anyway" >&2
   fi
-  SUDO=sudo
 fi
 # A fresh machine often runs apt at boot (unattended upgrades): wait up to 5 min for its lock instead of failing.
 apt() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; }
 
-apt update -qq || echo "apt-test: apt-get update failed; installing from the package lists at hand"
+apt update -qq || echo "apt-test: apt-get update failed; installing from the package lists at hand" >&2
 if ! apt install -y -qq "${PACKAGES[@]}" >/dev/null; then
-  echo "apt-test: apt-get install ${PACKAGES[*]} failed (it needs root or sudo, and Debian's package mirror)"
-  exit 1
+  fail "apt-get install ${PACKAGES[*]} failed: it needs root (or sudo without a password) and a Debian/Ubuntu package mirror; as root: apt-get install -y ${PACKAGES[*]}"
 fi
 if ! command -v xvfb-run >/dev/null; then
   echo "apt-test: xvfb is installed but xvfb-run is missing: reinstalling xvfb"
-  apt install -y -qq --reinstall xvfb >/dev/null || { echo "apt-test: apt-get install --reinstall xvfb failed"; exit 1; }
+  apt install -y -qq --reinstall xvfb >/dev/null || fail "apt-get install --reinstall xvfb failed"
 fi
-command -v xvfb-run >/dev/null || { echo "apt-test: xvfb-run still not found after the install"; exit 1; }
+command -v xvfb-run >/dev/null || fail "xvfb-run still not found after the install"
