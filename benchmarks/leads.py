@@ -28,17 +28,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks.common import machine_line  # noqa: E402
-from cpsc2018.leadsets import STANDARD_SETS, presence  # noqa: E402
+from cpsc2018.leadsets import STANDARD_SETS  # noqa: E402
 from federated.checkpoint import load_checkpoint  # noqa: E402
 from federated.config import TrainConfig  # noqa: E402
 from federated.cv import fold_experiments, mean_sd  # noqa: E402
-from federated.data import eval_loader, prepare  # noqa: E402
-from federated.engine import evaluate, predict_records  # noqa: E402
-from federated.metrics import tune_thresholds  # noqa: E402
+from federated.central import score_lead_sets  # noqa: E402
+from federated.data import prepare  # noqa: E402
 from federated.outputs import json_safe  # noqa: E402
 from cpsc2018.util import atomic_write_text  # noqa: E402
 
@@ -57,21 +55,9 @@ def score_fold(exp, ckpt_path: Path, cfg: TrainConfig, sets: list[str]) -> dict[
     ckpt = load_checkpoint(ckpt_path)
     if ckpt.split.get("test_ids") and sorted(ckpt.split["test_ids"]) != sorted(exp.split_info["test_ids"]):
         raise SystemExit(f"{ckpt_path}: its test records are not this fold's; was it trained with --folds {cfg.folds} --seed {cfg.seed}?")
-    model = ckpt.build_model()
-    val_idx, test_idx = exp.split["val"], exp.split["test"]
-    out = {}
-    for name in sets:
-        mask = presence(STANDARD_SETS[name])
-        pv, _ = predict_records(model, eval_loader(exp, val_idx, cfg), len(val_idx), torch.device("cpu"), present=mask)
-        pt, _ = predict_records(model, eval_loader(exp, test_idx, cfg), len(test_idx), torch.device("cpu"), present=mask)
-        tv, tt = exp.targets[val_idx], exp.targets[test_idx]
-        thr = tune_thresholds(tv, pv)
-        out[name] = {
-            "test": evaluate(pt, tt, exp.labels, thr),
-            "test_12_thresholds": evaluate(pt, tt, exp.labels, ckpt.thresholds),
-            "val_auroc": evaluate(pv, tv, exp.labels, thr)["macro"]["auroc"],
-        }
-    return out
+    scores = score_lead_sets(ckpt.build_model(), exp, cfg, sets, thresholds_12=list(ckpt.thresholds))
+    return {name: {"test": r["test"], "test_12_thresholds": r["test_12_thresholds"], "val_auroc": r["val"]["macro"]["auroc"]}
+            for name, r in scores.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,14 +133,6 @@ def route(present: Iterable[str], supported: Sequence[Sequence[str]]) -> tuple[s
     return best
 
 
-def unsupported_message(present: Sequence[str], supported: Sequence[Sequence[str]], where: str = "") -> str:
-    """The error for a record whose leads no supported set fits: names its leads and what would do."""
-    sets = "; ".join(f"{set_name(s)} ({', '.join(ordered(s))})" for s in supported)
-    have = ", ".join(present) if present else "none"
-    prefix = f"{where}: " if where else ""
-    return f"{prefix}no model here supports the record's usable leads ({have}); supported lead sets: {sets}"
-
-
 class LeadSampler:
     """Random lead sets for training a model for any subset (``--lead-masking``).
 

@@ -197,25 +197,38 @@ def fit(
     return metrics
 
 
-def lead_set_thresholds(ckpt, model: nn.Module, exp: Experiment, cfg: TrainConfig, feature_fn, test_idx: list[int]) -> dict:
-    """A model for any lead subset: per standard lead set, thresholds tuned on the validation records
-    with the other leads zeroed (stored in ``ckpt.lead_thresholds``), and that set's validation and test
-    figures (for metrics.json)."""
+def score_lead_sets(model: nn.Module, exp: Experiment, cfg: TrainConfig, sets: list[str], *, feature_fn=None,
+                    thresholds_12: list[float] | None = None) -> dict[str, dict]:
+    """Per standard lead set: the model on the split's validation and test records with the other leads
+    zeroed; thresholds tuned on validation (``thresholds``), ``val`` and ``test`` metrics at them, and
+    with ``thresholds_12`` also ``test_12_thresholds`` (the model's own 12-lead thresholds, unchanged)."""
     device = resolve_device(cfg.device)
-    val_idx = list(exp.split["val"])
-    out = {}
-    for name, members in STANDARD_SETS.items():
-        mask = presence(members)
+    val_idx, test_idx = list(exp.split["val"]), list(exp.split["test"])
+    out: dict[str, dict] = {}
+    for name in sets:
+        mask = presence(STANDARD_SETS[name])
         pv, _ = predict_records(model, eval_loader(exp, val_idx, cfg, feature_fn), len(val_idx), device, present=mask)
-        thr = tune_thresholds(exp.targets[val_idx], pv)
-        ckpt.lead_thresholds[name] = [float(t) for t in thr]
-        row = {"val": evaluate(pv, exp.targets[val_idx], exp.labels, thr)["macro"]}
+        thr = [float(t) for t in tune_thresholds(exp.targets[val_idx], pv)]
+        row: dict = {"thresholds": thr, "val": evaluate(pv, exp.targets[val_idx], exp.labels, thr)}
         if test_idx:
             pt, _ = predict_records(model, eval_loader(exp, test_idx, cfg, feature_fn), len(test_idx), device, present=mask)
-            row["test"] = evaluate(pt, exp.targets[test_idx], exp.labels, thr)["macro"]
+            row["test"] = evaluate(pt, exp.targets[test_idx], exp.labels, thr)
+            if thresholds_12 is not None:
+                row["test_12_thresholds"] = evaluate(pt, exp.targets[test_idx], exp.labels, thresholds_12)
         out[name] = row
-        log.info("lead set %s: val macro AUROC %.3f%s", name, row["val"]["auroc"],
-                 f", test macro F1 {row['test']['f1']:.3f}, AUROC {row['test']['auroc']:.3f}" if "test" in row else "")
+    return out
+
+
+def lead_set_thresholds(ckpt, model: nn.Module, exp: Experiment, cfg: TrainConfig, feature_fn) -> dict:
+    """A model for any lead subset: per standard lead set, thresholds tuned on the validation records
+    with the other leads zeroed (stored in ``ckpt.lead_thresholds``), and that set's validation and test
+    macro figures (for metrics.json)."""
+    out = {}
+    for name, row in score_lead_sets(model, exp, cfg, list(STANDARD_SETS), feature_fn=feature_fn).items():
+        ckpt.lead_thresholds[name] = row["thresholds"]
+        out[name] = {part: row[part]["macro"] for part in ("val", "test") if part in row}
+        log.info("lead set %s: val macro AUROC %.3f%s", name, out[name]["val"]["auroc"],
+                 f", test macro F1 {out[name]['test']['f1']:.3f}, AUROC {out[name]['test']['auroc']:.3f}" if "test" in out[name] else "")
     return out
 
 
@@ -247,7 +260,7 @@ def finish(cfg: TrainConfig, exp: Experiment, out: Path, history: list[dict], te
         best_ckpt.metrics = {"val": best_ckpt.metrics["val"], "test": metrics["test"]}
         save_checkpoint(out / "best.pt", best_ckpt)
     if best_ckpt.model_kwargs.get("lead_mask"):
-        metrics["lead_sets"] = lead_set_thresholds(best_ckpt, model, exp, cfg, feature_fn, test_idx)
+        metrics["lead_sets"] = lead_set_thresholds(best_ckpt, model, exp, cfg, feature_fn)
         save_checkpoint(out / "best.pt", best_ckpt)
     write_final(out, cfg, history, metrics, test_probs, test_targets, best_ckpt.thresholds, list(exp.labels), x_key)
     return metrics

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cpsc2018.features import EXPERT_NAMES, expert_features
-from cpsc2018.leadsets import LEAD_SETS_KEY, LeadSetError, LeadSupport, expand, ordered, set_name, zero_absent
+from cpsc2018.leadsets import LEAD_SETS_KEY, LeadSetError, LeadSupport, expand, ordered, zero_absent
 from cpsc2018.quality import Quality, QualityThresholds, assess
 from cpsc2018.preprocess import EVAL_MAX_WINDOWS, PreprocessConfig, bandpass, notch, preprocess, resample, windows
 from cpsc2018.readers import read_any
