@@ -625,8 +625,8 @@ class Classifier:
         if len(fed) == len(LEADS) and tuple(rec.leads) == LEADS and self.lead_support.sets[name].model == "":
             pred = self.predict(rec.signal, rec.fs)
         else:
-            rows = [i for i, n in enumerate(rec.leads) if canonical_lead(n) in LEADS]
-            pred = self.predict_leads(rec.signal[rows], rec.fs, tuple(canonical_lead(rec.leads[i]) for i in rows), name, fed)
+            rows, names = standard_rows(rec)
+            pred = self.predict_leads(rec.signal[rows], rec.fs, names, name, fed)
         labels = list(self.meta.labels)
         positives = [n for n, pos in zip(labels, pred.positive) if pos]
         return Result(
@@ -646,11 +646,15 @@ class Classifier:
 
 def display_leads(rec: Record, pre: PreprocessConfig) -> np.ndarray:
     """The screen's 12 rows of a record: its standard leads in place, zero rows for the ones it lacks."""
-    rows = [i for i, n in enumerate(rec.leads) if canonical_lead(n) in LEADS]
+    rows, names = standard_rows(rec)
     shown = display_signal(rec.signal[rows], rec.fs, pre)
-    if len(rows) == len(LEADS) and tuple(rec.leads) == LEADS:
-        return shown
-    return expand(shown, [canonical_lead(rec.leads[i]) for i in rows])
+    return shown if names == LEADS else expand(shown, names)
+
+
+def standard_rows(rec: Record) -> tuple[list[int], tuple[str, ...]]:
+    """The rows of a record that hold standard leads, and those leads' names (MIT-BIH's MLII is not one)."""
+    rows = [i for i, n in enumerate(rec.leads) if canonical_lead(n) in LEADS]
+    return rows, tuple(canonical_lead(rec.leads[i]) for i in rows)
 
 
 def display_signal(signal: np.ndarray, fs: float, pre: PreprocessConfig) -> np.ndarray:
