@@ -32,7 +32,7 @@ if [ "$(id -u)" != 0 ]; then
   if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
     SUDO="sudo -n"
   else
-    echo "apt-test: not root, and sudo is missing or asks for a password: running apt-get as $(id -un) anyway" >&2
+    echo "apt-test: not root and sudo not found (or it asks for a password): running apt-get as $(id -un) anyway; the install needs root" >&2
   fi
 fi
 # A fresh machine often runs apt at boot (unattended upgrades): wait up to 5 min for its lock instead of failing.

@@ -35,11 +35,14 @@ def _stand_ins(
     scripts = {
         # The install "works": it logs its environment and arguments and makes xvfb-run appear (on any
         # install, or only on --reinstall: dpkg believes xvfb is there while its files are gone).
-        "apt-get": f'echo "apt-get DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> {log}\n'
+        # Like the real one, it refuses a user who is neither root nor behind sudo (STANDIN_SUDO).
+        "apt-get": f'if [ "$(id -u)" != 0 ] && [ -z "$STANDIN_SUDO" ]; then echo "E: Could not open lock file - are you root?" >&2; exit 100; fi\n'
+        f'echo "apt-get DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*" >> {log}\n'
         f'case "$*" in *{appears_on}*) printf "#!/bin/sh\\nexit 0\\n" > {bin_}/xvfb-run; chmod +x {bin_}/xvfb-run;; esac\n',
         "dpkg-query": f'echo "install ok installed"; exit 0\n' if installed else "exit 1\n",
         "id": f"echo {uid}\n",
-        "sudo": f'echo "sudo $*" >> {log}\nexec "$@"\n',
+        # -n (never ask for a password) is accepted and not logged; the command runs as "root".
+        "sudo": f'[ "$1" = -n ] && shift\necho "sudo $*" >> {log}\nSTANDIN_SUDO=1 exec "$@"\n',
     }
     if installed if xvfb_run is None else xvfb_run:
         scripts["xvfb-run"] = "exit 0\n"
@@ -107,21 +110,24 @@ def test_apt_test_goes_on_when_apt_get_update_fails(tmp_path):
     proc = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "apt-test"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "update failed" in proc.stdout
+    assert "update failed" in proc.stderr  # warnings and errors go to stderr, where make shows them
     assert (tmp_path / "bin" / "xvfb-run").exists()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 @pytest.mark.parametrize(
     ("uid", "without", "says"),
+    # Without sudo, apt-get still runs (its own "are you root?" shows), and the target fails naming why.
     [(1000, ("sudo",), "not root and sudo not found"), (0, ("apt-get",), "apt-get not found")],
     ids=["user-without-sudo", "no-apt-get"],
 )
 def test_apt_test_names_the_missing_tool(tmp_path, uid, without, says):
     proc, log = _run(tmp_path, uid=uid, installed=False, without=without)
     assert proc.returncode != 0
-    assert says in proc.stdout and "xvfb" in proc.stdout, proc.stdout + proc.stderr
+    assert says in proc.stderr and "xvfb" in proc.stderr, proc.stdout + proc.stderr  # beside make's "Error 1"
     assert "unbound variable" not in proc.stderr and "command not found" not in proc.stderr
+    if without == ("sudo",):  # it got as far as apt-get install, whose own refusal is shown
+        assert "are you root?" in proc.stderr and "apt-get install xvfb" in proc.stderr, proc.stderr
 
 
 def test_ci_forces_the_install_step():
